@@ -1,0 +1,113 @@
+"""Samples and splits, following the paper's protocol.
+
+Interactions are sorted by time (ties by user, then item); each rating becomes a sample whose
+history is that user's previous K ratings. The last N samples are split 60/20/20 chronologically,
+and a seeded fraction of the train split's users forms the forget set.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+
+from e2urec.data.schema import Dataset
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    user_id: int
+    item_id: int
+    rating: float
+    label: int
+    timestamp: int
+    history: tuple[tuple[int, float], ...]  # (item_id, rating), oldest first
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    history_len: int = 10  # K previous items in the prompt
+    max_samples: int | None = 100_000  # keep the last N samples; None keeps all
+    like_threshold: float = 3.0  # label = rating > threshold
+    min_history: int = 1  # a sample with no history carries nothing personal
+    split: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    forget_fraction: float = 0.2  # of the train split's distinct users
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        if self.history_len < 1:
+            raise ValueError(f"history_len must be at least 1, got {self.history_len}")
+        if self.max_samples is not None and self.max_samples < 5:
+            raise ValueError(f"max_samples must be at least 5, got {self.max_samples}")
+        if len(self.split) != 3 or abs(sum(self.split) - 1.0) > 1e-6 or min(self.split) <= 0:
+            raise ValueError(f"split must be three positive fractions summing to 1, got {self.split}")
+        if not 0.0 <= self.forget_fraction < 1.0:
+            raise ValueError(f"forget_fraction must be in [0, 1), got {self.forget_fraction}")
+
+
+@dataclass
+class Splits:
+    train: list[Sample]
+    valid: list[Sample]
+    test: list[Sample]
+    forget_users: frozenset[int] = field(default_factory=frozenset)
+
+    @property
+    def forget(self) -> list[Sample]:
+        """Train samples of the users to forget."""
+        return [s for s in self.train if s.user_id in self.forget_users]
+
+    @property
+    def retain(self) -> list[Sample]:
+        """Train samples of everyone else: what retraining from scratch would use."""
+        return [s for s in self.train if s.user_id not in self.forget_users]
+
+    def named(self, name: str) -> list[Sample]:
+        if name not in SPLIT_NAMES:
+            raise ValueError(f"unknown split {name!r}; choose one of {', '.join(SPLIT_NAMES)}")
+        return getattr(self, name)
+
+
+SPLIT_NAMES = ("train", "valid", "test", "forget", "retain")
+
+
+def build_samples(dataset: Dataset, config: SampleConfig) -> list[Sample]:
+    """All samples in chronological order, the last ``max_samples`` of them."""
+    ordered = sorted(dataset.interactions, key=lambda x: (x.timestamp, x.user_id, x.item_id))
+    histories: dict[int, deque[tuple[int, float]]] = defaultdict(
+        lambda: deque(maxlen=config.history_len)
+    )
+    samples: list[Sample] = []
+    for x in ordered:
+        history = histories[x.user_id]
+        if len(history) >= config.min_history:
+            samples.append(
+                Sample(
+                    x.user_id, x.item_id, x.rating, int(x.rating > config.like_threshold),
+                    x.timestamp, tuple(history),
+                )
+            )
+        history.append((x.item_id, x.rating))
+    if config.max_samples is not None:
+        samples = samples[-config.max_samples :]
+    return samples
+
+
+def split_samples(samples: list[Sample], config: SampleConfig) -> Splits:
+    """Chronological 60/20/20 split and a seeded choice of forget users among train users."""
+    if len(samples) < 5:
+        raise ValueError(f"need at least 5 samples to split, got {len(samples)}")
+    n = len(samples)
+    n_train = int(n * config.split[0])
+    n_valid = int(n * config.split[1])
+    train, valid, test = (
+        samples[:n_train], samples[n_train : n_train + n_valid], samples[n_train + n_valid :]
+    )
+    users = sorted({s.user_id for s in train})
+    random.Random(config.seed).shuffle(users)
+    forget_users = frozenset(users[: int(len(users) * config.forget_fraction)])
+    return Splits(train, valid, test, forget_users)
+
+
+def make_splits(dataset: Dataset, config: SampleConfig) -> Splits:
+    return split_samples(build_samples(dataset, config), config)
