@@ -1,0 +1,176 @@
+"""LLMRec: instruction-tune a base model to answer "Yes." / "No." to the recommendation prompt."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import torch
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from e2urec.backbones import Backbone
+from e2urec.data.prepared import Catalog
+from e2urec.data.samples import Sample
+from e2urec.encoding import collate, encode_prompts, target_loss
+from e2urec.lora import attention_qv_targets
+from e2urec.metrics import utility
+from e2urec.scoring import predict_like
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 5
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.05
+    max_grad_norm: float = 1.0
+    evals_per_epoch: int = 1
+    early_stop_on: Literal["auc", "loss"] = "loss"  # AUC is noisier and ignores calibration
+    patience: int = 2  # evaluations without improvement before stopping
+    max_valid_samples: int | None = 4000  # validation subsample used for early stopping
+    eval_batch_size: int = 128
+    lora: bool = False  # train a LoRA on q/v and merge it (for models too large to fine-tune)
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.evals_per_epoch < 1:
+            raise ValueError("epochs, batch_size and evals_per_epoch must be at least 1")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.early_stop_on not in ("auc", "loss"):
+            raise ValueError(f"early_stop_on must be 'auc' or 'loss', got {self.early_stop_on!r}")
+
+
+@dataclass
+class TrainResult:
+    best_valid: dict[str, float]
+    history: list[dict] = field(default_factory=list)
+    stopped: str = ""
+    seconds: float = 0.0
+    steps: int = 0
+    trainable_parameters: int = 0
+
+
+def bucketed_batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Shuffled batches of similar-length samples: random order, little padding."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    chunk = batch_size * 50
+    batches = []
+    for start in range(0, len(order), chunk):
+        block = sorted(order[start : start + chunk], key=lengths.__getitem__)
+        batches += [block[i : i + batch_size] for i in range(0, len(block), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def _valid_subset(valid: Sequence[Sample], limit: int | None, seed: int) -> list[Sample]:
+    if limit is None or len(valid) <= limit:
+        return list(valid)
+    return random.Random(seed).sample(list(valid), limit)
+
+
+def train_llmrec(
+    backbone: Backbone, catalog: Catalog, train: Sequence[Sample], valid: Sequence[Sample],
+    config: TrainConfig | None = None, *, progress: bool = True,
+) -> TrainResult:
+    """Train in place; on return ``backbone.model`` holds the best weights seen on validation."""
+    cfg = config or TrainConfig()
+    if not train:
+        raise ValueError("the train split is empty")
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    fmt = backbone.format
+    if cfg.lora:
+        from peft import LoraConfig, get_peft_model
+
+        backbone.model = get_peft_model(backbone.model, LoraConfig(
+            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+            target_modules=attention_qv_targets(backbone.model),
+            task_type="SEQ_2_SEQ_LM" if backbone.is_seq2seq else "CAUSAL_LM",
+        ))
+    model = backbone.model
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    encoded = encode_prompts(backbone.tokenizer, fmt, [catalog.prompt(s) for s in train])
+    labels = [s.label for s in train]
+    lengths = [len(e) for e in encoded]
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    schedule = get_linear_schedule_with_warmup(optimizer, int(total * cfg.warmup_ratio), total)
+    valid_eval = _valid_subset(valid, cfg.max_valid_samples, cfg.seed)
+    valid_prompts = [catalog.prompt(s) for s in valid_eval]
+    eval_points = {
+        min(steps_per_epoch, round(steps_per_epoch * k / cfg.evals_per_epoch))
+        for k in range(1, cfg.evals_per_epoch + 1)
+    }
+
+    result = TrainResult(best_valid={}, trainable_parameters=sum(p.numel() for p in trainable))
+    best_state, best_key, bad_evals = None, None, 0
+    started, step = time.perf_counter(), 0
+    model.train()
+    for epoch in range(1, cfg.epochs + 1):
+        bar = tqdm(bucketed_batches(lengths, cfg.batch_size, rng), desc=f"epoch {epoch}/{cfg.epochs}",
+                   disable=not progress, unit="batch", leave=False)
+        running = 0.0
+        for i, idx in enumerate(bar, start=1):
+            batch = collate(fmt, [encoded[j] for j in idx], [labels[j] for j in idx])
+            loss, _ = target_loss(model, batch.to(backbone.device))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            running = 0.9 * running + 0.1 * loss.item() if i > 1 else loss.item()
+            bar.set_postfix(loss=f"{running:.4f}")
+            if i not in eval_points:
+                continue
+            scores = predict_like(backbone, valid_prompts, batch_size=cfg.eval_batch_size)
+            metrics = utility([s.label for s in valid_eval], scores)
+            result.history.append({"epoch": epoch, "step": step, "train_loss": running, **metrics})
+            if progress:
+                tqdm.write(
+                    f"epoch {epoch} step {step}: train loss {running:.4f} | valid AUC "
+                    f"{metrics['auc']:.4f} ACC {metrics['acc']:.4f} LogLoss {metrics['logloss']:.4f}"
+                )
+            key = metrics["auc"] if cfg.early_stop_on == "auc" else -metrics["logloss"]
+            if best_key is None or key > best_key:
+                best_key, bad_evals, result.best_valid = key, 0, metrics
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()
+                              if not cfg.lora or "lora_" in k}
+            else:
+                bad_evals += 1
+                if bad_evals >= cfg.patience:
+                    result.stopped = (
+                        f"early stop: valid {cfg.early_stop_on} did not improve for {bad_evals} "
+                        f"evaluation(s)"
+                    )
+                    break
+        bar.close()
+        if result.stopped:
+            break
+    result.stopped = result.stopped or f"completed {cfg.epochs} epoch(s)"
+    if best_state is not None:
+        model.load_state_dict(best_state, strict=False)
+    if cfg.lora:
+        backbone.model = model.merge_and_unload()
+    result.seconds = time.perf_counter() - started
+    result.steps = step
+    backbone.model.eval()
+    return result
+
+
+def config_dict(cfg: TrainConfig) -> dict:
+    return asdict(cfg)
+
+

@@ -1,0 +1,74 @@
+"""The command line's error paths: one clear line and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from e2urec.cli import app
+from tests.conftest import write
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def test_prepare_missing_folder(tmp_path: Path):
+    result = run("prepare", "--out", str(tmp_path / "o"), "--path", str(tmp_path / "nope"))
+    assert result.exit_code == 2 and "does not exist" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_prepare_malformed_ratings_names_the_line(ml1m_dir: Path, tmp_path: Path):
+    write(ml1m_dir / "ratings.dat", "1::1::5::978300760\n1|2|3|978302109\n")
+    result = run("prepare", "--out", str(tmp_path / "o"), "--path", str(ml1m_dir))
+    assert result.exit_code == 2
+    assert "ratings.dat:2: expected 4 fields" in result.output.replace("\n", "")
+    assert not (tmp_path / "o").exists()  # nothing half-written
+
+
+def test_prepare_writes_splits_and_refuses_to_overwrite(tmp_path: Path):
+    out = tmp_path / "o"
+    small = ["--synthetic-users", "20", "--synthetic-items", "30"]
+    assert run("prepare", "--out", str(out), *small).exit_code == 0
+    assert {p.name for p in out.iterdir()} == {"meta.json", "catalog.json", "train.jsonl", "valid.jsonl", "test.jsonl"}
+    again = run("prepare", "--out", str(out), *small)
+    assert again.exit_code == 2 and "--force" in again.output
+    assert run("prepare", "--out", str(out), *small, "--force").exit_code == 0
+
+
+def test_too_few_samples_is_explained(ml1m_dir: Path, tmp_path: Path):
+    result = run("prepare", "--out", str(tmp_path / "o"), "--path", str(ml1m_dir))
+    assert result.exit_code == 2 and "need at least 5 samples" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--forget-fraction", "1.5"], "forget_fraction must be in"),
+        (["--format", "parquet"], "unknown format"),
+        (["--history", "0"], "history_len must be at least 1"),
+    ],
+)
+def test_prepare_bad_options(tmp_path: Path, args: list[str], message: str):
+    result = run("prepare", "--out", str(tmp_path / "o"), *args)
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_train_and_score_explain_bad_inputs(tmp_path: Path):
+    result = run("train", "--data", str(tmp_path), "--out", str(tmp_path / "m"))
+    assert result.exit_code == 2 and "not a prepared dataset" in result.output
+    prep = tmp_path / "prep"
+    assert run("prepare", "--out", str(prep), "--synthetic-users", "20", "--synthetic-items", "30").exit_code == 0
+    result = run("train", "--data", str(prep), "--out", str(tmp_path / "m"), "--backbone", "gpt-9")
+    assert result.exit_code == 2 and "unknown backbone" in result.output
+    result = run("train", "--data", str(prep), "--out", str(tmp_path / "m"), "--early-stop-on", "f1")
+    assert result.exit_code == 2 and "early_stop_on" in result.output
+    result = run("score", "--model", str(tmp_path), "--data", str(prep), "--split", "holdout")
+    assert result.exit_code == 2 and "unknown split" in result.output
+    result = run("score", "--model", str(tmp_path), "--data", str(prep))
+    assert result.exit_code == 2 and "was not written by `e2urec train`" in result.output
