@@ -16,7 +16,8 @@ from rich.table import Table
 
 app = typer.Typer(
     help="Efficient and effective unlearning for LLM-based recommenders (E2URec).",
-    no_args_is_help=True, pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
 )
 console = Console()
 err = Console(stderr=True)
@@ -32,11 +33,20 @@ def friendly_errors(fn):
 
         try:
             return fn(*args, **kwargs)
-        except (DataFormatError, BackboneError, FileExistsError, FileNotFoundError, KeyError,
-                ValueError, RuntimeError) as exc:
+        except (
+            DataFormatError,
+            BackboneError,
+            FileExistsError,
+            FileNotFoundError,
+            KeyError,
+            ValueError,
+            RuntimeError,
+        ) as exc:
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
             # soft_wrap: never break a path or a file:line in two
-            err.print(f"[bold red]error:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+            err.print(
+                f"[bold red]error:[/] {escape(str(message))}", highlight=False, soft_wrap=True
+            )
             raise typer.Exit(2) from None
 
     return wrapper
@@ -53,34 +63,60 @@ def _metrics_table(title: str, rows: dict[str, dict[str, float]]) -> Table:
 
 # -- prepare ---------------------------------------------------------------------------------
 
-Format = Annotated[str, typer.Option("--format", help="auto, synthetic, ml-1m, ml-100k or goodbooks")]
+Format = Annotated[
+    str, typer.Option("--format", help="auto, synthetic, ml-1m, ml-100k or goodbooks")
+]
 
 
 def _prepare(
-    out: Path, fmt: str, path: Path | None, ratings_file: str | None, samples: int | None,
-    history: int, like_threshold: float, forget_fraction: float, seed: int, synthetic_users: int,
-    synthetic_items: int, force: bool,
+    out: Path,
+    fmt: str,
+    path: Path | None,
+    ratings_file: str | None,
+    samples: int | None,
+    history: int,
+    like_threshold: float,
+    forget_fraction: float,
+    seed: int,
+    synthetic_users: int,
+    synthetic_items: int,
+    force: bool,
 ):
-    from e2urec.data import Catalog, SampleConfig, SyntheticConfig, load_dataset, make_splits, save_prepared
+    from e2urec.data import (
+        Catalog,
+        SampleConfig,
+        SyntheticConfig,
+        load_dataset,
+        make_splits,
+        save_prepared,
+    )
 
     config = SampleConfig(
-        history_len=history, max_samples=samples if samples and samples > 0 else None,
-        like_threshold=like_threshold, forget_fraction=forget_fraction, seed=seed,
+        history_len=history,
+        max_samples=samples if samples and samples > 0 else None,
+        like_threshold=like_threshold,
+        forget_fraction=forget_fraction,
+        seed=seed,
     )
     synthetic = SyntheticConfig(users=synthetic_users, items=synthetic_items, seed=seed)
     started = time.perf_counter()
     dataset = load_dataset(fmt, path, ratings_file=ratings_file, synthetic=synthetic)
     console.print(f"loaded {dataset.summary()} in {time.perf_counter() - started:.1f}s")
     splits = make_splits(dataset, config)
-    source = {"format": fmt if path is None else fmt, "path": str(path) if path else None,
-              "ratings_file": ratings_file, "dataset": dataset.name}
-    if path is None or fmt == "synthetic":
+    source = {
+        "format": fmt,
+        "path": str(path) if path else None,
+        "ratings_file": ratings_file,
+        "dataset": dataset.name,
+    }
+    if dataset.name.startswith("synthetic"):
         source["synthetic"] = {"users": synthetic_users, "items": synthetic_items, "seed": seed}
     prepared = save_prepared(out, Catalog.of(dataset), splits, config, source, overwrite=force)
     counts = prepared.meta["counts"]
     console.print(
         f"wrote {out}: train {counts['train']:,} (forget {counts['forget']:,} from "
-        f"{len(splits.forget_users):,} users, retain {counts['retain']:,}), valid {counts['valid']:,}, "
+        f"{len(splits.forget_users):,} users, retain {counts['retain']:,}), "
+        f"valid {counts['valid']:,}, "
         f"test {counts['test']:,}; data hash {prepared.data_hash[:12]}"
     )
     return prepared
@@ -91,8 +127,12 @@ def _prepare(
 def prepare(
     out: Annotated[Path, typer.Option(help="folder to write the prepared dataset to")],
     fmt: Format = "auto",
-    path: Annotated[Path | None, typer.Option(help="dataset folder; omit for the synthetic default")] = None,
-    ratings_file: Annotated[str | None, typer.Option(help="ratings file name inside the folder")] = None,
+    path: Annotated[
+        Path | None, typer.Option(help="dataset folder; omit for the synthetic default")
+    ] = None,
+    ratings_file: Annotated[
+        str | None, typer.Option(help="ratings file name inside the folder")
+    ] = None,
     samples: Annotated[int, typer.Option(help="keep the last N samples (0 = all)")] = 100_000,
     history: Annotated[int, typer.Option(help="previous items shown in the prompt (K)")] = 10,
     like_threshold: Annotated[float, typer.Option(help="label = rating > this")] = 3.0,
@@ -103,15 +143,34 @@ def prepare(
     force: Annotated[bool, typer.Option(help="replace an existing output folder")] = False,
 ):
     """Load a dataset, build the paper's samples and splits, and write them to a folder."""
-    _prepare(out, fmt, path, ratings_file, samples, history, like_threshold, forget_fraction, seed,
-             synthetic_users, synthetic_items, force)
+    _prepare(
+        out,
+        fmt,
+        path,
+        ratings_file,
+        samples,
+        history,
+        like_threshold,
+        forget_fraction,
+        seed,
+        synthetic_users,
+        synthetic_items,
+        force,
+    )
 
 
 # -- train -------------------------------------------------------------------------------------
 
 
-def _train(data: Path, backbone_spec: str, out: Path, cfg, device: str | None, force: bool,
-           progress: bool = True):
+def _train(
+    data: Path,
+    backbone_spec: str,
+    out: Path,
+    cfg,
+    device: str | None,
+    force: bool,
+    progress: bool = True,
+):
     from e2urec.backbones import load_backbone
     from e2urec.data import load_prepared
     from e2urec.metrics import utility
@@ -138,18 +197,32 @@ def _train(data: Path, backbone_spec: str, out: Path, cfg, device: str | None, f
     metrics = {}
     for name in ("valid", "test"):
         part = splits.named(name)
-        scores = predict_like(backbone, [catalog.prompt(s) for s in part], batch_size=cfg.eval_batch_size,
-                              progress=progress, desc=f"scoring {name}")
+        scores = predict_like(
+            backbone,
+            [catalog.prompt(s) for s in part],
+            batch_size=cfg.eval_batch_size,
+            progress=progress,
+            desc=f"scoring {name}",
+        )
         metrics[name] = utility([s.label for s in part], scores)
     console.print(_metrics_table(f"{backbone_spec} trained on {data}", metrics))
     manifest = {
         "kind": "llmrec-original",
-        "data": {"path": str(data), "data_hash": prepared.data_hash,
-                 "split_seed": prepared.meta["sample_config"]["seed"],
-                 "sample_config": prepared.meta["sample_config"], "source": prepared.meta["source"]},
+        "data": {
+            "path": str(data),
+            "data_hash": prepared.data_hash,
+            "split_seed": prepared.meta["sample_config"]["seed"],
+            "sample_config": prepared.meta["sample_config"],
+            "source": prepared.meta["source"],
+        },
         "train_config": config_dict(cfg),
-        "training": {"seconds": result.seconds, "steps": result.steps, "stopped": result.stopped,
-                     "history": result.history, "trainable_parameters": result.trainable_parameters},
+        "training": {
+            "seconds": result.seconds,
+            "steps": result.steps,
+            "stopped": result.stopped,
+            "history": result.history,
+            "trainable_parameters": result.trainable_parameters,
+        },
         "metrics": metrics,
     }
     save_model(backbone, out, manifest, overwrite=force)
@@ -162,23 +235,41 @@ def _train(data: Path, backbone_spec: str, out: Path, cfg, device: str | None, f
 def train(
     data: Annotated[Path, typer.Option(help="prepared dataset folder (from `e2urec prepare`)")],
     out: Annotated[Path, typer.Option(help="folder to save the trained model to")],
-    backbone: Annotated[str, typer.Option(help="tiny, tiny-t5, smollm2-135m, an HF folder or a .gguf")] = "tiny",
+    backbone: Annotated[
+        str, typer.Option(help="tiny, tiny-t5, smollm2-135m, an HF folder or a .gguf")
+    ] = "tiny",
     epochs: int = 5,
     batch_size: int = 32,
-    lr: Annotated[float, typer.Option(help="peak learning rate (5e-4 for pretrained T5 in the paper)")] = 2e-3,
-    patience: Annotated[int, typer.Option(help="evaluations without improvement before stopping")] = 2,
+    lr: Annotated[
+        float, typer.Option(help="peak learning rate (5e-4 for pretrained T5 in the paper)")
+    ] = 2e-3,
+    patience: Annotated[
+        int, typer.Option(help="evaluations without improvement before stopping")
+    ] = 2,
     evals_per_epoch: int = 1,
     early_stop_on: Annotated[str, typer.Option(help="loss (valid LogLoss) or auc")] = "loss",
-    lora: Annotated[bool, typer.Option(help="train a LoRA on q/v and merge it (large models)")] = False,
+    lora: Annotated[
+        bool, typer.Option(help="train a LoRA on q/v and merge it (large models)")
+    ] = False,
     seed: int = 0,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present)")] = None,
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present)")
+    ] = None,
     force: Annotated[bool, typer.Option(help="replace an existing output folder")] = False,
 ):
     """Instruction-tune a base model on the train split ("Yes."/"No." targets) and save it."""
     from e2urec.training import TrainConfig
 
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
-                      evals_per_epoch=evals_per_epoch, early_stop_on=early_stop_on, lora=lora, seed=seed)
+    cfg = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        patience=patience,
+        evals_per_epoch=evals_per_epoch,
+        early_stop_on=early_stop_on,
+        lora=lora,
+        seed=seed,
+    )
     _train(data, backbone, out, cfg, device, force)
 
 
@@ -191,7 +282,9 @@ def score(
     model: Annotated[Path, typer.Option(help="model folder written by `e2urec train`")],
     data: Annotated[Path, typer.Option(help="prepared dataset folder")],
     split: Annotated[str, typer.Option(help="train, valid, test, forget or retain")] = "test",
-    output: Annotated[Path | None, typer.Option(help="write per-sample predictions to this CSV")] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="write per-sample predictions to this CSV")
+    ] = None,
     batch_size: int = 128,
     device: str | None = None,
 ):
@@ -210,11 +303,18 @@ def score(
     backbone, manifest = load_model(model, device=device)
     trained_on = manifest.get("data", {}).get("data_hash")
     if trained_on and trained_on != prepared.data_hash:
-        err.print(f"[yellow]note:[/] {model} was trained on other data ({trained_on[:12]}), "
-                  f"this is {prepared.data_hash[:12]}")
+        err.print(
+            f"[yellow]note:[/] {model} was trained on other data ({trained_on[:12]}), "
+            f"this is {prepared.data_hash[:12]}"
+        )
     started = time.perf_counter()
-    scores = predict_like(backbone, [prepared.catalog.prompt(s) for s in part],
-                          batch_size=batch_size, progress=True, desc=f"scoring {split}")
+    scores = predict_like(
+        backbone,
+        [prepared.catalog.prompt(s) for s in part],
+        batch_size=batch_size,
+        progress=True,
+        desc=f"scoring {split}",
+    )
     seconds = time.perf_counter() - started
     metrics = utility([s.label for s in part], scores)
     console.print(_metrics_table(f"{model} on {data}", {split: metrics}))
@@ -236,7 +336,9 @@ def score(
 @app.command()
 @friendly_errors
 def demo(
-    out: Annotated[Path, typer.Option(help="working folder for the demo's data and model")] = Path("runs/demo"),
+    out: Annotated[Path, typer.Option(help="working folder for the demo's data and model")] = Path(
+        "runs/demo"
+    ),
     epochs: int = 4,
     users: Annotated[int, typer.Option(help="how many users' recommendations to show")] = 3,
     k: Annotated[int, typer.Option(help="recommendations per user")] = 5,
@@ -269,13 +371,21 @@ def demo(
         table.add_column("genres")
         table.add_column("P(like)", justify="right")
         for rank, rec in enumerate(recs, 1):
-            table.add_row(str(rank), rec.title, ", ".join(catalog.items[rec.item_id].genres), f"{rec.score:.3f}")
+            table.add_row(
+                str(rank),
+                rec.title,
+                ", ".join(catalog.items[rec.item_id].genres),
+                f"{rec.score:.3f}",
+            )
         console.print(table)
     console.print(
-        f"demo done in {time.perf_counter() - started:.0f}s: valid AUC {metrics['valid']['auc']:.4f}, "
+        f"demo done in {time.perf_counter() - started:.0f}s: "
+        f"valid AUC {metrics['valid']['auc']:.4f}, "
         f"test AUC {metrics['test']['auc']:.4f}; model in {model}"
     )
-    (out / "demo.json").write_text(json.dumps({"metrics": metrics, "seconds": time.perf_counter() - started}))
+    (out / "demo.json").write_text(
+        json.dumps({"metrics": metrics, "seconds": time.perf_counter() - started})
+    )
 
 
 if __name__ == "__main__":

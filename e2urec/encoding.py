@@ -45,21 +45,28 @@ class PromptFormat:
         tok, config = backbone.tokenizer, backbone.model.config
         seq2seq = bool(config.is_encoder_decoder)
         start, end = _special_wrapping(tok)
-        space = "" if seq2seq else " "  # after the cue, BPE vocabularies spell the word with a space
+        space = (
+            "" if seq2seq else " "
+        )  # after the cue, BPE vocabularies spell the word with a space
         eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
         yes = tok(space + YES, add_special_tokens=False)["input_ids"] + eos
         no = tok(space + NO, add_special_tokens=False)["input_ids"] + eos
         if yes[0] == no[0]:
             raise ValueError(
                 f"the tokenizer of {backbone.spec} starts {YES!r} and {NO!r} with the same token, "
-                "so P(yes) cannot be read at one position; use a tokenizer with distinct answer tokens"
+                "so P(yes) cannot be read at one position; use a tokenizer with distinct "
+                "answer tokens"
             )
-        limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 0)
+        limit = getattr(config, "max_position_embeddings", None) or getattr(
+            config, "n_positions", 0
+        )
         return cls(
             is_seq2seq=seq2seq,
             start_ids=tuple(start),
             end_ids=tuple(end),
-            cue_ids=() if seq2seq else tuple(tok(ANSWER_CUE, add_special_tokens=False)["input_ids"]),
+            cue_ids=()
+            if seq2seq
+            else tuple(tok(ANSWER_CUE, add_special_tokens=False)["input_ids"]),
             yes_ids=tuple(yes),
             no_ids=tuple(no),
             pad_id=tok.pad_token_id,
@@ -113,7 +120,9 @@ class Batch:
         return Batch(**moved)
 
 
-def collate(fmt: PromptFormat, inputs: Sequence[list[int]], labels: Sequence[int] | None = None) -> Batch:
+def collate(
+    fmt: PromptFormat, inputs: Sequence[list[int]], labels: Sequence[int] | None = None
+) -> Batch:
     """Pad a batch. Causal batches are left-padded so every answer sits at the last position,
     with explicit position ids so padding does not shift positions (scores match unbatched ones)."""
     targets = [fmt.target(y) for y in labels] if labels is not None else None
@@ -154,13 +163,16 @@ def answer_logits(model, batch: Batch) -> torch.Tensor:
     """Full-vocabulary logits at the answer position, shape [batch, vocab]."""
     if batch.decoder_input_ids is not None:
         out = model(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
             decoder_input_ids=batch.decoder_input_ids,
         )
         return out.logits[:, 0]
     out = model(
-        input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids, logits_to_keep=1,
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        logits_to_keep=1,
     )
     return out.logits[:, -1]
 
@@ -175,8 +187,10 @@ def target_logits(model, batch: Batch) -> torch.Tensor:
         ).logits
     # Only the trailing positions predict targets: skip the LM head everywhere else.
     out = model(
-        input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids, logits_to_keep=batch.target_len + 1,
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        logits_to_keep=batch.target_len + 1,
     )
     return out.logits[:, :-1]
 

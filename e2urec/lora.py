@@ -11,8 +11,11 @@ _FUSED_QKV = ("c_attn", "query_key_value", "qkv_proj", "Wqkv")
 
 def attention_qv_targets(model: nn.Module) -> list[str]:
     """Module names for peft's ``target_modules``: q/v for T5, q_proj/v_proj for Llama-style."""
-    leaves = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-              if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"}
+    leaves = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+    }
     for names in _QV_NAMES:
         if set(names) <= leaves:
             return list(names)

@@ -30,4 +30,8 @@ def log_loss(labels: Sequence[int], scores: Sequence[float]) -> float:
 
 def utility(labels: Sequence[int], scores: Sequence[float]) -> dict[str, float]:
     """AUC, ACC (threshold 0.5) and LogLoss, as the paper reports them."""
-    return {"auc": auc(labels, scores), "acc": accuracy(labels, scores), "logloss": log_loss(labels, scores)}
+    return {
+        "auc": auc(labels, scores),
+        "acc": accuracy(labels, scores),
+        "logloss": log_loss(labels, scores),
+    }

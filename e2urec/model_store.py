@@ -23,7 +23,9 @@ from e2urec.backbones import Backbone, load_backbone
 MANIFEST = "e2urec.json"
 
 
-def save_model(backbone: Backbone, out: Path | str, manifest: dict, *, overwrite: bool = False) -> Path:
+def save_model(
+    backbone: Backbone, out: Path | str, manifest: dict, *, overwrite: bool = False
+) -> Path:
     """Write the model folder atomically: a crash never leaves a half-saved model at ``out``."""
     out = Path(out)
     if out.exists() and not overwrite:
@@ -38,14 +40,22 @@ def save_model(backbone: Backbone, out: Path | str, manifest: dict, *, overwrite
             "architecture": type(backbone.model).__name__,
             "is_seq2seq": backbone.is_seq2seq,
             "answer_tokens": {
-                "yes": [backbone.format.yes_token, backbone.tokenizer.convert_ids_to_tokens(backbone.format.yes_token)],
-                "no": [backbone.format.no_token, backbone.tokenizer.convert_ids_to_tokens(backbone.format.no_token)],
+                "yes": [
+                    backbone.format.yes_token,
+                    backbone.tokenizer.convert_ids_to_tokens(backbone.format.yes_token),
+                ],
+                "no": [
+                    backbone.format.no_token,
+                    backbone.tokenizer.convert_ids_to_tokens(backbone.format.no_token),
+                ],
             },
             "parameters": backbone.parameter_count(),
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "versions": {
-                "e2urec": e2urec.__version__, "torch": torch.__version__,
-                "transformers": transformers.__version__, "python": platform.python_version(),
+                "e2urec": e2urec.__version__,
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "python": platform.python_version(),
             },
         }
         (tmp / MANIFEST).write_text(json.dumps(full, indent=2, default=str))

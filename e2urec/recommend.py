@@ -20,7 +20,12 @@ class Recommendation:
 
 def latest_history(splits: Splits, user_id: int, k: int) -> tuple[tuple[int, float], ...]:
     """The user's last k ratings known to the splits, oldest first."""
-    samples = [s for part in (splits.train, splits.valid, splits.test) for s in part if s.user_id == user_id]
+    samples = [
+        s
+        for part in (splits.train, splits.valid, splits.test)
+        for s in part
+        if s.user_id == user_id
+    ]
     if not samples:
         raise KeyError(f"user {user_id} has no samples in this dataset")
     last = max(samples, key=lambda s: s.timestamp)
@@ -28,8 +33,14 @@ def latest_history(splits: Splits, user_id: int, k: int) -> tuple[tuple[int, flo
 
 
 def recommend(
-    backbone: Backbone, catalog: Catalog, user_id: int, history: Sequence[tuple[int, float]],
-    candidates: Sequence[int], k: int = 5, *, batch_size: int = 64,
+    backbone: Backbone,
+    catalog: Catalog,
+    user_id: int,
+    history: Sequence[tuple[int, float]],
+    candidates: Sequence[int],
+    k: int = 5,
+    *,
+    batch_size: int = 64,
 ) -> list[Recommendation]:
     prompts = [catalog.prompt_for(user_id, history, item) for item in candidates]
     scores = predict_like(backbone, prompts, batch_size=batch_size)

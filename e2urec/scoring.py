@@ -21,8 +21,12 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
 
 @torch.inference_mode()
 def answer_distributions(
-    backbone: Backbone, prompts: Sequence[Prompt], *, batch_size: int = 64,
-    progress: bool = False, desc: str = "scoring",
+    backbone: Backbone,
+    prompts: Sequence[Prompt],
+    *,
+    batch_size: int = 64,
+    progress: bool = False,
+    desc: str = "scoring",
 ) -> torch.Tensor:
     """Full-vocabulary log-probabilities at the answer position, [len(prompts), vocab], on CPU."""
     fmt = backbone.format
@@ -45,8 +49,12 @@ def answer_distributions(
 
 @torch.inference_mode()
 def predict_like(
-    backbone: Backbone, prompts: Sequence[Prompt], *, batch_size: int = 64,
-    progress: bool = False, desc: str = "scoring",
+    backbone: Backbone,
+    prompts: Sequence[Prompt],
+    *,
+    batch_size: int = 64,
+    progress: bool = False,
+    desc: str = "scoring",
 ) -> np.ndarray:
     """P(yes) for each prompt, in input order."""
     fmt = backbone.format
@@ -56,8 +64,12 @@ def predict_like(
     was_training = backbone.model.training
     backbone.model.eval()
     try:
-        for idx in tqdm(length_batches([len(e) for e in encoded], batch_size), desc=desc,
-                        disable=not progress, unit="batch"):
+        for idx in tqdm(
+            length_batches([len(e) for e in encoded], batch_size),
+            desc=desc,
+            disable=not progress,
+            unit="batch",
+        ):
             batch = collate(fmt, [encoded[i] for i in idx]).to(backbone.device)
             yes_no = answer_logits(backbone.model, batch).index_select(-1, pair).float()
             scores[idx] = torch.softmax(yes_no, dim=-1)[:, 0].cpu().numpy()

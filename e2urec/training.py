@@ -60,7 +60,9 @@ class TrainResult:
     trainable_parameters: int = 0
 
 
-def bucketed_batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+def bucketed_batches(
+    lengths: Sequence[int], batch_size: int, rng: random.Random
+) -> list[list[int]]:
     """Shuffled batches of similar-length samples: random order, little padding."""
     order = list(range(len(lengths)))
     rng.shuffle(order)
@@ -80,8 +82,13 @@ def _valid_subset(valid: Sequence[Sample], limit: int | None, seed: int) -> list
 
 
 def train_llmrec(
-    backbone: Backbone, catalog: Catalog, train: Sequence[Sample], valid: Sequence[Sample],
-    config: TrainConfig | None = None, *, progress: bool = True,
+    backbone: Backbone,
+    catalog: Catalog,
+    train: Sequence[Sample],
+    valid: Sequence[Sample],
+    config: TrainConfig | None = None,
+    *,
+    progress: bool = True,
 ) -> TrainResult:
     """Train in place; on return ``backbone.model`` holds the best weights seen on validation."""
     cfg = config or TrainConfig()
@@ -93,11 +100,16 @@ def train_llmrec(
     if cfg.lora:
         from peft import LoraConfig, get_peft_model
 
-        backbone.model = get_peft_model(backbone.model, LoraConfig(
-            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-            target_modules=attention_qv_targets(backbone.model),
-            task_type="SEQ_2_SEQ_LM" if backbone.is_seq2seq else "CAUSAL_LM",
-        ))
+        backbone.model = get_peft_model(
+            backbone.model,
+            LoraConfig(
+                r=cfg.lora_r,
+                lora_alpha=cfg.lora_alpha,
+                lora_dropout=cfg.lora_dropout,
+                target_modules=attention_qv_targets(backbone.model),
+                task_type="SEQ_2_SEQ_LM" if backbone.is_seq2seq else "CAUSAL_LM",
+            ),
+        )
     model = backbone.model
     trainable = [p for p in model.parameters() if p.requires_grad]
     encoded = encode_prompts(backbone.tokenizer, fmt, [catalog.prompt(s) for s in train])
@@ -119,8 +131,13 @@ def train_llmrec(
     started, step = time.perf_counter(), 0
     model.train()
     for epoch in range(1, cfg.epochs + 1):
-        bar = tqdm(bucketed_batches(lengths, cfg.batch_size, rng), desc=f"epoch {epoch}/{cfg.epochs}",
-                   disable=not progress, unit="batch", leave=False)
+        bar = tqdm(
+            bucketed_batches(lengths, cfg.batch_size, rng),
+            desc=f"epoch {epoch}/{cfg.epochs}",
+            disable=not progress,
+            unit="batch",
+            leave=False,
+        )
         running = 0.0
         for i, idx in enumerate(bar, start=1):
             batch = collate(fmt, [encoded[j] for j in idx], [labels[j] for j in idx])
@@ -141,13 +158,17 @@ def train_llmrec(
             if progress:
                 tqdm.write(
                     f"epoch {epoch} step {step}: train loss {running:.4f} | valid AUC "
-                    f"{metrics['auc']:.4f} ACC {metrics['acc']:.4f} LogLoss {metrics['logloss']:.4f}"
+                    f"{metrics['auc']:.4f} ACC {metrics['acc']:.4f} "
+                    f"LogLoss {metrics['logloss']:.4f}"
                 )
             key = metrics["auc"] if cfg.early_stop_on == "auc" else -metrics["logloss"]
             if best_key is None or key > best_key:
                 best_key, bad_evals, result.best_valid = key, 0, metrics
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()
-                              if not cfg.lora or "lora_" in k}
+                best_state = {
+                    k: v.detach().clone()
+                    for k, v in model.state_dict().items()
+                    if not cfg.lora or "lora_" in k
+                }
             else:
                 bad_evals += 1
                 if bad_evals >= cfg.patience:
@@ -172,5 +193,3 @@ def train_llmrec(
 
 def config_dict(cfg: TrainConfig) -> dict:
     return asdict(cfg)
-
-

@@ -35,7 +35,13 @@ def test_prepare_writes_splits_and_refuses_to_overwrite(tmp_path: Path):
     out = tmp_path / "o"
     small = ["--synthetic-users", "20", "--synthetic-items", "30"]
     assert run("prepare", "--out", str(out), *small).exit_code == 0
-    assert {p.name for p in out.iterdir()} == {"meta.json", "catalog.json", "train.jsonl", "valid.jsonl", "test.jsonl"}
+    assert {p.name for p in out.iterdir()} == {
+        "meta.json",
+        "catalog.json",
+        "train.jsonl",
+        "valid.jsonl",
+        "test.jsonl",
+    }
     again = run("prepare", "--out", str(out), *small)
     assert again.exit_code == 2 and "--force" in again.output
     assert run("prepare", "--out", str(out), *small, "--force").exit_code == 0
@@ -63,10 +69,17 @@ def test_train_and_score_explain_bad_inputs(tmp_path: Path):
     result = run("train", "--data", str(tmp_path), "--out", str(tmp_path / "m"))
     assert result.exit_code == 2 and "not a prepared dataset" in result.output
     prep = tmp_path / "prep"
-    assert run("prepare", "--out", str(prep), "--synthetic-users", "20", "--synthetic-items", "30").exit_code == 0
+    assert (
+        run(
+            "prepare", "--out", str(prep), "--synthetic-users", "20", "--synthetic-items", "30"
+        ).exit_code
+        == 0
+    )
     result = run("train", "--data", str(prep), "--out", str(tmp_path / "m"), "--backbone", "gpt-9")
     assert result.exit_code == 2 and "unknown backbone" in result.output
-    result = run("train", "--data", str(prep), "--out", str(tmp_path / "m"), "--early-stop-on", "f1")
+    result = run(
+        "train", "--data", str(prep), "--out", str(tmp_path / "m"), "--early-stop-on", "f1"
+    )
     assert result.exit_code == 2 and "early_stop_on" in result.output
     result = run("score", "--model", str(tmp_path), "--data", str(prep), "--split", "holdout")
     assert result.exit_code == 2 and "unknown split" in result.output

@@ -5,8 +5,14 @@ from pathlib import Path
 import pytest
 
 from e2urec.data import (
-    DataFormatError, detect_format, generate_synthetic, load_dataset, load_goodbooks, load_ml1m,
-    load_ml100k, SyntheticConfig,
+    DataFormatError,
+    SyntheticConfig,
+    detect_format,
+    generate_synthetic,
+    load_dataset,
+    load_goodbooks,
+    load_ml1m,
+    load_ml100k,
 )
 from tests.conftest import write
 
@@ -16,7 +22,11 @@ def test_ml1m_reads_latin1_titles_profiles_and_ratings(ml1m_dir: Path):
     assert ds.domain == "movie" and len(ds.interactions) == 5
     assert ds.items[3].title == "Cité des enfants perdus, La (1995)"
     assert ds.items[1].genres == ("Animation", "Children's", "Comedy")
-    assert (ds.users[1].gender, ds.users[1].age, ds.users[1].occupation) == ("female", "under 18", "K-12 student")
+    assert (ds.users[1].gender, ds.users[1].age, ds.users[1].occupation) == (
+        "female",
+        "under 18",
+        "K-12 student",
+    )
     assert ds.users[2].age == "56+" and ds.users[2].occupation == "self-employed"
     first = ds.interactions[0]
     assert (first.user_id, first.item_id, first.rating, first.timestamp) == (1, 1, 5.0, 978300760)
@@ -38,19 +48,41 @@ def test_movies_dat_reencoded_as_utf8_still_reads(ml1m_dir: Path):
 @pytest.mark.parametrize(
     ("file", "content", "message"),
     [
-        ("ratings.dat", "1::1::5::978300760\n1,2,3,978302109\n", r"ratings.dat:2: expected 4 fields separated by '::'.*seems to use ','"),
+        (
+            "ratings.dat",
+            "1::1::5::978300760\n1,2,3,978302109\n",
+            r"ratings.dat:2: expected 4 fields separated by '::'.*seems to use ','",
+        ),
         ("ratings.dat", "1::1::5\n", r"ratings.dat:1: expected 4 fields.*found 3"),
-        ("ratings.dat", "1::1::5::978300760\n\n1::99::4::978300761\n", r"ratings.dat:3: item id 99 is not in movies.dat"),
-        ("ratings.dat", "1::1::5::978300760\n5::1::4::978300761\n", r"ratings.dat:2: user id 5 is not in the users file"),
+        (
+            "ratings.dat",
+            "1::1::5::978300760\n\n1::99::4::978300761\n",
+            r"ratings.dat:3: item id 99 is not in movies.dat",
+        ),
+        (
+            "ratings.dat",
+            "1::1::5::978300760\n5::1::4::978300761\n",
+            r"ratings.dat:2: user id 5 is not in the users file",
+        ),
         ("ratings.dat", "1::1::9::978300760\n", r"ratings.dat:1: rating 9 is outside 1..5"),
         ("ratings.dat", "1::1::five::978300760\n", r"ratings.dat:1: rating 'five' is not a number"),
-        ("users.dat", "1::F::1::10::48067\n2::X::56::16::70072\n", r"users.dat:2: gender 'X' is not F or M"),
+        (
+            "users.dat",
+            "1::F::1::10::48067\n2::X::56::16::70072\n",
+            r"users.dat:2: gender 'X' is not F or M",
+        ),
         ("users.dat", "1::F::1::10::48067\n2::M::57::16::70072\n", r"users.dat:2: age code 57"),
         ("movies.dat", "1::Toy Story (1995)\n", r"movies.dat:1: expected 3 fields"),
-        ("movies.dat", "x::Toy Story (1995)::Comedy\n", r"movies.dat:1: movie id 'x' is not an integer"),
+        (
+            "movies.dat",
+            "x::Toy Story (1995)::Comedy\n",
+            r"movies.dat:1: movie id 'x' is not an integer",
+        ),
     ],
 )
-def test_ml1m_malformed_files_name_file_and_line(ml1m_dir: Path, file: str, content: str, message: str):
+def test_ml1m_malformed_files_name_file_and_line(
+    ml1m_dir: Path, file: str, content: str, message: str
+):
     write(ml1m_dir / file, content, "latin-1")
     with pytest.raises(DataFormatError, match=message):
         load_ml1m(ml1m_dir)
@@ -71,12 +103,18 @@ def test_ml100k_reads_genre_flags_and_tab_ratings(ml100k_dir: Path):
     ds = load_ml100k(ml100k_dir)
     assert ds.items[2].title == "Café au lait (1993)" and ds.items[2].genres == ("Drama",)
     assert ds.users[2].gender == "female" and ds.users[2].occupation == "other"
-    assert [(x.user_id, x.item_id, x.rating) for x in ds.interactions] == [(1, 1, 5), (1, 2, 2), (2, 2, 4)]
+    assert [(x.user_id, x.item_id, x.rating) for x in ds.interactions] == [
+        (1, 1, 5),
+        (1, 2, 2),
+        (2, 2, 4),
+    ]
 
 
 def test_ml100k_comma_separated_ratings_are_rejected(ml100k_dir: Path):
     write(ml100k_dir / "u.data", "1,1,5,881250949\n")
-    with pytest.raises(DataFormatError, match=r"u.data:1: expected 4 fields separated by '\\t'.*seems to use ','"):
+    with pytest.raises(
+        DataFormatError, match=r"u.data:1: expected 4 fields separated by '\\t'.*seems to use ','"
+    ):
         load_ml100k(ml100k_dir)
 
 
@@ -97,10 +135,16 @@ def test_goodbooks_timestamp_column_is_used(goodbooks_dir: Path):
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("user_id,book_id\n7,1\n", r"ratings.csv:1: missing column\(s\) rating; found user_id, book_id"),
+        (
+            "user_id,book_id\n7,1\n",
+            r"ratings.csv:1: missing column\(s\) rating; found user_id, book_id",
+        ),
         ("user_id;book_id;rating\n7;1;5\n", r"ratings.csv:1: missing column.*not comma-separated"),
         ("user_id,book_id,rating\n7,1,5\n7,3,4\n", r"ratings.csv:3: book_id 3 is not in books.csv"),
-        ("user_id,book_id,rating\n7,1,5,9\n", r"ratings.csv:2: expected 3 comma-separated fields, found 4"),
+        (
+            "user_id,book_id,rating\n7,1,5,9\n",
+            r"ratings.csv:2: expected 3 comma-separated fields, found 4",
+        ),
     ],
 )
 def test_goodbooks_malformed(goodbooks_dir: Path, content: str, message: str):
@@ -115,7 +159,9 @@ def test_goodbooks_rejects_non_utf8(goodbooks_dir: Path):
         load_goodbooks(goodbooks_dir)
 
 
-def test_format_detection_and_errors(ml1m_dir: Path, ml100k_dir: Path, goodbooks_dir: Path, tmp_path: Path):
+def test_format_detection_and_errors(
+    ml1m_dir: Path, ml100k_dir: Path, goodbooks_dir: Path, tmp_path: Path
+):
     assert detect_format(ml1m_dir) == "ml-1m"
     assert detect_format(ml100k_dir) == "ml-100k"
     assert detect_format(goodbooks_dir) == "goodbooks"
@@ -150,7 +196,9 @@ def test_synthetic_is_seeded_and_ratings_follow_taste():
 
 @pytest.mark.shared_data
 def test_shared_ml1m_partial_ratings(shared_data: Path):
-    ds = load_dataset("auto", shared_data / "ml-1m", ratings_file="ratings.users_1-2999.partial.dat")
+    ds = load_dataset(
+        "auto", shared_data / "ml-1m", ratings_file="ratings.users_1-2999.partial.dat"
+    )
     assert ds.name == "ml-1m" and len(ds.interactions) == 487_650
     assert len(ds.items) == 3883 and len(ds.users) == 6040
 

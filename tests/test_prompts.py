@@ -30,10 +30,15 @@ def test_target_item_sits_after_the_user_prefix():
 def test_book_wording_and_a_user_without_profile():
     p = build_prompt(User(9), [(Item(1, "Dune"), 4.0)], Item(2, "Emma"), "book")
     assert p.text.startswith("The user read the following books in order in the past")
-    assert "Based on the books the user has read, deduce if the user will like the book ***Emma***." in p.text
+    assert (
+        "Based on the books the user has read, deduce if the user will like the book ***Emma***."
+        in p.text
+    )
     assert "movie" not in p.text and "None" not in p.text
 
 
 def test_titles_with_quotes_render_as_a_python_list():
-    p = build_prompt(User(1, "female"), [(Item(1, "Schindler's List (1993)"), 4.0)], TARGET, "movie")
-    assert "[\"1. Schindler's List (1993) (4 stars)\"]" in p.prefix
+    p = build_prompt(
+        User(1, "female"), [(Item(1, "Schindler's List (1993)"), 4.0)], TARGET, "movie"
+    )
+    assert '["1. Schindler\'s List (1993) (4 stars)"]' in p.prefix

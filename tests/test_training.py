@@ -19,8 +19,13 @@ from e2urec.training import TrainConfig, train_llmrec
 
 def e2urec(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """The real command line, as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "e2urec.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "e2urec.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +40,18 @@ def small():
 @pytest.mark.slow
 def test_cli_train_then_score_round_trip(tmp_path: Path):
     data, model = tmp_path / "data", tmp_path / "model"
-    done = e2urec("prepare", "--out", str(data), "--synthetic-users", "100", "--synthetic-items", "100",
-                  "--samples", "0", cwd=tmp_path)
+    done = e2urec(
+        "prepare",
+        "--out",
+        str(data),
+        "--synthetic-users",
+        "100",
+        "--synthetic-items",
+        "100",
+        "--samples",
+        "0",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     meta = json.loads((data / "meta.json").read_text())
     done = e2urec("train", "--data", str(data), "--out", str(model), "--epochs", "2", cwd=tmp_path)
@@ -50,15 +65,29 @@ def test_cli_train_then_score_round_trip(tmp_path: Path):
     assert (model / "model.safetensors").is_file() and (model / "tokenizer.json").is_file()
     # Scoring the saved model reproduces the metrics recorded at training time.
     preds = tmp_path / "preds.csv"
-    done = e2urec("score", "--model", str(model), "--data", str(data), "--split", "test",
-                  "--output", str(preds), cwd=tmp_path)
+    done = e2urec(
+        "score",
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--split",
+        "test",
+        "--output",
+        str(preds),
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     assert f"{manifest['metrics']['test']['auc']:.4f}" in done.stdout
     rows = preds.read_text().splitlines()
-    assert rows[0] == "user_id,item_id,rating,label,p_like" and len(rows) - 1 == meta["counts"]["test"]
+    assert (
+        rows[0] == "user_id,item_id,rating,label,p_like" and len(rows) - 1 == meta["counts"]["test"]
+    )
     # A second train into the same folder is refused before any work is done.
     done = e2urec("train", "--data", str(data), "--out", str(model), cwd=tmp_path)
-    assert done.returncode == 2 and "already exists" in done.stderr and "Traceback" not in done.stderr
+    assert (
+        done.returncode == 2 and "already exists" in done.stderr and "Traceback" not in done.stderr
+    )
 
 
 @pytest.mark.slow
@@ -68,8 +97,14 @@ def test_training_learns_beyond_the_prior(small):
     prompts = [catalog.prompt(s) for s in splits.train]
     labels = [s.label for s in splits.train]
     before = auc(labels, predict_like(backbone, prompts))
-    result = train_llmrec(backbone, catalog, splits.train, splits.valid,
-                          TrainConfig(epochs=4, lr=3e-3, evals_per_epoch=1, patience=4), progress=False)
+    result = train_llmrec(
+        backbone,
+        catalog,
+        splits.train,
+        splits.valid,
+        TrainConfig(epochs=4, lr=3e-3, evals_per_epoch=1, patience=4),
+        progress=False,
+    )
     after = auc(labels, predict_like(backbone, prompts))
     assert result.steps > 0 and len(result.history) >= 1
     assert after > 0.65 and after > before + 0.1, (before, after, result.history)
@@ -89,8 +124,14 @@ def test_lora_then_merge_leaves_a_plain_model(small):
     catalog, splits, corpus = small
     backbone = load_backbone("tiny", corpus=corpus, device="cpu")
     before = {k: v.clone() for k, v in backbone.model.state_dict().items()}
-    result = train_llmrec(backbone, catalog, splits.train[:128], splits.valid[:64],
-                          TrainConfig(epochs=1, lora=True, lr=1e-2), progress=False)
+    result = train_llmrec(
+        backbone,
+        catalog,
+        splits.train[:128],
+        splits.valid[:64],
+        TrainConfig(epochs=1, lora=True, lr=1e-2),
+        progress=False,
+    )
     assert result.trainable_parameters < backbone.parameter_count() / 5
     assert type(backbone.model).__name__ == "LlamaForCausalLM"
     after = backbone.model.state_dict()
@@ -106,8 +147,12 @@ def test_saved_model_loads_with_manifest(small, tmp_path: Path):
     backbone = load_backbone("tiny", corpus=corpus, device="cpu")
     save_model(backbone, tmp_path / "m", {"kind": "llmrec-original"})
     loaded, manifest = load_model(tmp_path / "m", device="cpu")
-    assert manifest["kind"] == "llmrec-original" and manifest["answer_tokens"]["yes"][1].endswith("Yes.")
+    assert manifest["kind"] == "llmrec-original" and manifest["answer_tokens"]["yes"][1].endswith(
+        "Yes."
+    )
     prompts = [catalog.prompt(s) for s in splits.test[:8]]
-    np.testing.assert_allclose(predict_like(loaded, prompts), predict_like(backbone, prompts), atol=1e-6)
+    np.testing.assert_allclose(
+        predict_like(loaded, prompts), predict_like(backbone, prompts), atol=1e-6
+    )
     with pytest.raises(FileExistsError, match="--force"):
         save_model(backbone, tmp_path / "m", {})

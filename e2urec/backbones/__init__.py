@@ -60,7 +60,9 @@ class Backbone:
         return PromptFormat.for_backbone(self)
 
     def parameter_count(self, trainable_only: bool = False) -> int:
-        return sum(p.numel() for p in self.model.parameters() if p.requires_grad or not trainable_only)
+        return sum(
+            p.numel() for p in self.model.parameters() if p.requires_grad or not trainable_only
+        )
 
     def save(self, path: Path | str) -> None:
         path = Path(path)
@@ -72,8 +74,13 @@ class BackboneError(ValueError):
     pass
 
 
-def _finish(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, spec: str,
-            device: torch.device, info: dict) -> Backbone:
+def _finish(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    spec: str,
+    device: torch.device,
+    info: dict,
+) -> Backbone:
     if tokenizer.pad_token_id is None:
         # Llama-family tokenizers ship without a pad token; padding is masked anyway.
         tokenizer.pad_token = tokenizer.eos_token
@@ -83,7 +90,10 @@ def _finish(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, spec: st
 
 
 def load_backbone(
-    spec: str, *, corpus: Iterable[str] | None = None, device: str | torch.device | None = None,
+    spec: str,
+    *,
+    corpus: Iterable[str] | None = None,
+    device: str | torch.device | None = None,
     seed: int = 0,
 ) -> Backbone:
     """Load (or build) the base model named by ``spec``; see the module docstring."""
@@ -126,5 +136,7 @@ def load_backbone(
 def _load_gguf(path: Path, spec: str, device: torch.device) -> Backbone:
     # transformers de-quantises GGUF weights into ordinary float tensors (needs the gguf package).
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    )
     return _finish(model, tokenizer, spec, device, {"source": "gguf", "path": str(path)})

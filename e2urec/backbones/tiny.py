@@ -9,8 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, T5Config
-from transformers import T5ForConditionalGeneration
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    T5Config,
+    T5ForConditionalGeneration,
+)
 
 SPECIAL_TOKENS = ["<pad>", "</s>", "<s>", "<unk>"]  # pad=0 and eos=1 as T5 expects
 # Always in the corpus, so the answer and the causal answer cue become whole tokens.
@@ -24,10 +29,12 @@ def train_tokenizer(
     # Digit runs (stars, years) are split off as their own tokens; elsewhere merges may cross
     # spaces, so the fixed template collapses into a few tokens and the informative ones (titles,
     # stars) are a larger share of a prompt about half as long as word-level BPE makes it.
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -40,11 +47,16 @@ def train_tokenizer(
     # Causal models start with <s>; T5-style encoders end with </s>, as the real ones do.
     single = "$A </s>" if seq2seq else "<s> $A"
     tok.post_processor = processors.TemplateProcessing(
-        single=single, special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))]
+        single=single,
+        special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))],
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", bos_token="<s>",
-        unk_token="<unk>", padding_side="left" if not seq2seq else "right",
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        eos_token="</s>",
+        bos_token="<s>",
+        unk_token="<unk>",
+        padding_side="left" if not seq2seq else "right",
     )
 
 

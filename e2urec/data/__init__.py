@@ -16,10 +16,30 @@ from e2urec.data.synthetic import SyntheticConfig, generate_synthetic
 FORMATS = ("auto", "synthetic", "ml-1m", "ml-100k", "goodbooks")
 
 __all__ = [
-    "FORMATS", "Catalog", "DataFormatError", "Dataset", "Interaction", "Item", "PreparedData",
-    "Prompt", "Sample", "SampleConfig", "Splits", "SyntheticConfig", "User", "build_prompt",
-    "build_samples", "detect_format", "generate_synthetic", "load_dataset", "load_goodbooks",
-    "load_ml1m", "load_ml100k", "load_prepared", "make_splits", "save_prepared",
+    "FORMATS",
+    "Catalog",
+    "DataFormatError",
+    "Dataset",
+    "Interaction",
+    "Item",
+    "PreparedData",
+    "Prompt",
+    "Sample",
+    "SampleConfig",
+    "Splits",
+    "SyntheticConfig",
+    "User",
+    "build_prompt",
+    "build_samples",
+    "detect_format",
+    "generate_synthetic",
+    "load_dataset",
+    "load_goodbooks",
+    "load_ml1m",
+    "load_ml100k",
+    "load_prepared",
+    "make_splits",
+    "save_prepared",
 ]
 
 
@@ -37,10 +57,13 @@ def detect_format(path: Path) -> str:
 
 
 def load_dataset(
-    fmt: str = "auto", path: Path | str | None = None, *, ratings_file: str | None = None,
+    fmt: str = "auto",
+    path: Path | str | None = None,
+    *,
+    ratings_file: str | None = None,
     synthetic: SyntheticConfig | None = None,
 ) -> Dataset:
-    """Load any supported source. ``fmt="synthetic"`` (or no path) generates the embedded default."""
+    """Load any supported source; ``fmt="synthetic"`` (or no path) is the embedded default."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if fmt == "synthetic" or (fmt == "auto" and path is None):

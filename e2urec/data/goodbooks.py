@@ -20,7 +20,9 @@ def _rows(path: Path, required: tuple[str, ...]) -> tuple[list[str], list[tuple[
         if len(header) == 1 and any(s in header[0] for s in (";", "\t", "|")):
             fix = "the header is not comma-separated: is the separator right?"
         raise DataFormatError(
-            path, 1, f"missing column(s) {', '.join(missing)}; found {', '.join(header) or 'none'}",
+            path,
+            1,
+            f"missing column(s) {', '.join(missing)}; found {', '.join(header) or 'none'}",
             fix,
         )
     rows = []
@@ -29,7 +31,9 @@ def _rows(path: Path, required: tuple[str, ...]) -> tuple[list[str], list[tuple[
             continue
         if len(row) != len(header):
             raise DataFormatError(
-                path, reader.line_num, f"expected {len(header)} comma-separated fields, found {len(row)}"
+                path,
+                reader.line_num,
+                f"expected {len(header)} comma-separated fields, found {len(row)}",
             )
         rows.append((reader.line_num, row))
     return header, rows
@@ -61,10 +65,16 @@ def load_goodbooks(folder: Path | str, ratings_file: str = "ratings.csv") -> Dat
         book_id = parse_int(ratings_path, line_no, row[col["book_id"]], "book_id")
         if book_id not in items:
             raise DataFormatError(ratings_path, line_no, f"book_id {book_id} is not in books.csv")
-        ts = parse_int(ratings_path, line_no, row[col["timestamp"]], "timestamp") if has_time else order
+        ts = (
+            parse_int(ratings_path, line_no, row[col["timestamp"]], "timestamp")
+            if has_time
+            else order
+        )
         users.setdefault(user_id, User(user_id))
         interactions.append(
-            Interaction(user_id, book_id, parse_rating(ratings_path, line_no, row[col["rating"]]), ts)
+            Interaction(
+                user_id, book_id, parse_rating(ratings_path, line_no, row[col["rating"]]), ts
+            )
         )
     if not interactions:
         raise DataFormatError(ratings_path, None, "holds no ratings")

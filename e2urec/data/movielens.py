@@ -10,18 +10,57 @@ from e2urec.data.textfile import numbered_lines, parse_int, parse_rating, split_
 
 # From the ML-1M README: users.dat stores codes, the prompt wants words.
 ML1M_AGES = {
-    1: "under 18", 18: "18-24", 25: "25-34", 35: "35-44", 45: "45-49", 50: "50-55", 56: "56+",
+    1: "under 18",
+    18: "18-24",
+    25: "25-34",
+    35: "35-44",
+    45: "45-49",
+    50: "50-55",
+    56: "56+",
 }
 ML1M_OCCUPATIONS = [
-    "other", "academic/educator", "artist", "clerical/admin", "college/grad student",
-    "customer service", "doctor/health care", "executive/managerial", "farmer", "homemaker",
-    "K-12 student", "lawyer", "programmer", "retired", "sales/marketing", "scientist",
-    "self-employed", "technician/engineer", "tradesman/craftsman", "unemployed", "writer",
+    "other",
+    "academic/educator",
+    "artist",
+    "clerical/admin",
+    "college/grad student",
+    "customer service",
+    "doctor/health care",
+    "executive/managerial",
+    "farmer",
+    "homemaker",
+    "K-12 student",
+    "lawyer",
+    "programmer",
+    "retired",
+    "sales/marketing",
+    "scientist",
+    "self-employed",
+    "technician/engineer",
+    "tradesman/craftsman",
+    "unemployed",
+    "writer",
 ]
 ML100K_GENRES = [
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
-    "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
-    "Thriller", "War", "Western",
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
 ]
 GENDERS = {"F": "female", "M": "male"}
 
@@ -34,7 +73,11 @@ def _gender(path: Path, line_no: int, code: str) -> str:
 
 
 def _ratings(
-    path: Path, sep: str, users: dict[int, User], items: dict[int, Item], item_file: str,
+    path: Path,
+    sep: str,
+    users: dict[int, User],
+    items: dict[int, Item],
+    item_file: str,
     encoding: str = "ascii",
 ) -> list[Interaction]:
     interactions: list[Interaction] = []
@@ -49,7 +92,9 @@ def _ratings(
             raise DataFormatError(path, line_no, f"user id {user_id} is not in the users file")
         interactions.append(
             Interaction(
-                user_id, item_id, parse_rating(path, line_no, rating_s),
+                user_id,
+                item_id,
+                parse_rating(path, line_no, rating_s),
                 parse_int(path, line_no, ts_s, "timestamp"),
             )
         )
@@ -64,7 +109,9 @@ def load_ml1m(folder: Path | str, ratings_file: str = "ratings.dat") -> Dataset:
     items: dict[int, Item] = {}
     movies = folder / "movies.dat"
     for line_no, line in numbered_lines(movies, "latin-1"):
-        id_s, title, genres = split_fields(movies, line_no, line, "::", ("movie", "title", "genres"))
+        id_s, title, genres = split_fields(
+            movies, line_no, line, "::", ("movie", "title", "genres")
+        )
         item_id = parse_int(movies, line_no, id_s, "movie id")
         items[item_id] = Item(item_id, title.strip(), tuple(g for g in genres.split("|") if g))
     users: dict[int, User] = {}
@@ -76,7 +123,9 @@ def load_ml1m(folder: Path | str, ratings_file: str = "ratings.dat") -> Dataset:
         age = parse_int(users_path, line_no, age_s, "age code")
         occ = parse_int(users_path, line_no, occ_s, "occupation code")
         if age not in ML1M_AGES:
-            raise DataFormatError(users_path, line_no, f"age code {age} is not one of {sorted(ML1M_AGES)}")
+            raise DataFormatError(
+                users_path, line_no, f"age code {age} is not one of {sorted(ML1M_AGES)}"
+            )
         if not 0 <= occ < len(ML1M_OCCUPATIONS):
             raise DataFormatError(users_path, line_no, f"occupation code {occ} is not in 0..20")
         users[user_id] = User(
@@ -92,8 +141,10 @@ def load_ml100k(folder: Path | str) -> Dataset:
     genres = ML100K_GENRES
     genre_path = folder / "u.genre"
     if genre_path.is_file():
-        rows = [split_fields(genre_path, n, line, "|", ("genre", "index"))
-                for n, line in numbered_lines(genre_path, "latin-1")]
+        rows = [
+            split_fields(genre_path, n, line, "|", ("genre", "index"))
+            for n, line in numbered_lines(genre_path, "latin-1")
+        ]
         genres = [name for name, _ in sorted(rows, key=lambda r: int(r[1]))]
     items: dict[int, Item] = {}
     item_path = folder / "u.item"

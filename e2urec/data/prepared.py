@@ -39,11 +39,15 @@ class Catalog:
         return self.prompt_for(sample.user_id, sample.history, sample.item_id)
 
     def prompt_for(
-        self, user_id: int, history: tuple[tuple[int, float], ...] | list[tuple[int, float]],
+        self,
+        user_id: int,
+        history: tuple[tuple[int, float], ...] | list[tuple[int, float]],
         item_id: int,
     ) -> Prompt:
         return build_prompt(
-            self.users[user_id], [(self.items[i], r) for i, r in history], self.items[item_id],
+            self.users[user_id],
+            [(self.items[i], r) for i, r in history],
+            self.items[item_id],
             self.domain,
         )
 
@@ -99,8 +103,13 @@ def _sha256(path: Path) -> str:
 
 
 def save_prepared(
-    out: Path | str, catalog: Catalog, splits: Splits, config: SampleConfig, source: dict,
-    *, overwrite: bool = False,
+    out: Path | str,
+    catalog: Catalog,
+    splits: Splits,
+    config: SampleConfig,
+    source: dict,
+    *,
+    overwrite: bool = False,
 ) -> PreparedData:
     out = Path(out)
     if out.exists() and not overwrite:
@@ -118,7 +127,9 @@ def save_prepared(
             "format_version": FORMAT_VERSION,
             "source": source,
             "sample_config": asdict(config),
-            "counts": {n: len(splits.named(n)) for n in ("train", "valid", "test", "forget", "retain")},
+            "counts": {
+                n: len(splits.named(n)) for n in ("train", "valid", "test", "forget", "retain")
+            },
             "forget_users": sorted(splits.forget_users),
             "files": files,
             # One hash for the whole prepared dataset, recorded in every model's manifest.
@@ -155,7 +166,9 @@ def load_prepared(path: Path | str) -> PreparedData:
         )
     for name, digest in meta["files"].items():
         if _sha256(path / name) != digest:
-            raise ValueError(f"{path / name} changed since it was prepared; run `e2urec prepare` again")
+            raise ValueError(
+                f"{path / name} changed since it was prepared; run `e2urec prepare` again"
+            )
     catalog = _catalog_from_json(json.loads((path / "catalog.json").read_text()))
     parts = {}
     for name in _SPLIT_FILES:

@@ -64,5 +64,7 @@ def target_suffix(item: Item) -> str:
     return f" ***{item.title}***. You should ONLY tell me yes or no."
 
 
-def build_prompt(user: User, history: list[tuple[Item, float]], target: Item, domain: Domain) -> Prompt:
+def build_prompt(
+    user: User, history: list[tuple[Item, float]], target: Item, domain: Domain
+) -> Prompt:
     return Prompt(user_prefix(user, history, domain), target_suffix(target))

@@ -40,7 +40,9 @@ class SampleConfig:
         if self.max_samples is not None and self.max_samples < 5:
             raise ValueError(f"max_samples must be at least 5, got {self.max_samples}")
         if len(self.split) != 3 or abs(sum(self.split) - 1.0) > 1e-6 or min(self.split) <= 0:
-            raise ValueError(f"split must be three positive fractions summing to 1, got {self.split}")
+            raise ValueError(
+                f"split must be three positive fractions summing to 1, got {self.split}"
+            )
         if not 0.0 <= self.forget_fraction < 1.0:
             raise ValueError(f"forget_fraction must be in [0, 1), got {self.forget_fraction}")
 
@@ -83,8 +85,12 @@ def build_samples(dataset: Dataset, config: SampleConfig) -> list[Sample]:
         if len(history) >= config.min_history:
             samples.append(
                 Sample(
-                    x.user_id, x.item_id, x.rating, int(x.rating > config.like_threshold),
-                    x.timestamp, tuple(history),
+                    x.user_id,
+                    x.item_id,
+                    x.rating,
+                    int(x.rating > config.like_threshold),
+                    x.timestamp,
+                    tuple(history),
                 )
             )
         history.append((x.item_id, x.rating))
@@ -101,7 +107,9 @@ def split_samples(samples: list[Sample], config: SampleConfig) -> Splits:
     n_train = int(n * config.split[0])
     n_valid = int(n * config.split[1])
     train, valid, test = (
-        samples[:n_train], samples[n_train : n_train + n_valid], samples[n_train + n_valid :]
+        samples[:n_train],
+        samples[n_train : n_train + n_valid],
+        samples[n_train + n_valid :],
     )
     users = sorted({s.user_id for s in train})
     random.Random(config.seed).shuffle(users)

@@ -16,16 +16,46 @@ from e2urec.data.schema import Dataset, Interaction, Item, User
 
 # genre -> (adjectives, nouns) that make its titles recognisable
 GENRE_WORDS: dict[str, tuple[list[str], list[str]]] = {
-    "Horror": (["Haunted", "Bloody", "Cursed", "Silent", "Wicked"], ["Night", "Grave", "Asylum", "Scream", "Shadow"]),
-    "Comedy": (["Crazy", "Lucky", "Silly", "Wild", "Awkward"], ["Wedding", "Vacation", "Roommates", "Party", "Neighbors"]),
-    "Romance": (["Sweet", "Endless", "Secret", "Tender", "Summer"], ["Love", "Kiss", "Heart", "Promise", "Letters"]),
-    "Action": (["Fast", "Deadly", "Iron", "Final", "Rogue"], ["Strike", "Mission", "Fury", "Target", "Pursuit"]),
-    "Sci-Fi": (["Galactic", "Quantum", "Alien", "Cyber", "Orbital"], ["Planet", "Android", "Starship", "Signal", "Colony"]),
-    "Drama": (["Quiet", "Broken", "Distant", "Honest", "Bitter"], ["Family", "Years", "Memory", "River", "Winter"]),
-    "Animation": (["Magic", "Tiny", "Brave", "Happy", "Flying"], ["Dragon", "Kingdom", "Toys", "Bunny", "Forest"]),
-    "Thriller": (["Hidden", "Dark", "Twisted", "Fatal", "Cold"], ["Conspiracy", "Witness", "Code", "Alibi", "Trap"]),
-    "Documentary": (["True", "Untold", "Real", "Inside", "Great"], ["Story", "Journey", "Ocean", "History", "Life"]),
-    "Western": (["Dusty", "Lone", "Outlaw", "Golden", "Red"], ["Canyon", "Saloon", "Rider", "Frontier", "Gun"]),
+    "Horror": (
+        ["Haunted", "Bloody", "Cursed", "Silent", "Wicked"],
+        ["Night", "Grave", "Asylum", "Scream", "Shadow"],
+    ),
+    "Comedy": (
+        ["Crazy", "Lucky", "Silly", "Wild", "Awkward"],
+        ["Wedding", "Vacation", "Roommates", "Party", "Neighbors"],
+    ),
+    "Romance": (
+        ["Sweet", "Endless", "Secret", "Tender", "Summer"],
+        ["Love", "Kiss", "Heart", "Promise", "Letters"],
+    ),
+    "Action": (
+        ["Fast", "Deadly", "Iron", "Final", "Rogue"],
+        ["Strike", "Mission", "Fury", "Target", "Pursuit"],
+    ),
+    "Sci-Fi": (
+        ["Galactic", "Quantum", "Alien", "Cyber", "Orbital"],
+        ["Planet", "Android", "Starship", "Signal", "Colony"],
+    ),
+    "Drama": (
+        ["Quiet", "Broken", "Distant", "Honest", "Bitter"],
+        ["Family", "Years", "Memory", "River", "Winter"],
+    ),
+    "Animation": (
+        ["Magic", "Tiny", "Brave", "Happy", "Flying"],
+        ["Dragon", "Kingdom", "Toys", "Bunny", "Forest"],
+    ),
+    "Thriller": (
+        ["Hidden", "Dark", "Twisted", "Fatal", "Cold"],
+        ["Conspiracy", "Witness", "Code", "Alibi", "Trap"],
+    ),
+    "Documentary": (
+        ["True", "Untold", "Real", "Inside", "Great"],
+        ["Story", "Journey", "Ocean", "History", "Life"],
+    ),
+    "Western": (
+        ["Dusty", "Lone", "Outlaw", "Golden", "Red"],
+        ["Canyon", "Saloon", "Rider", "Frontier", "Gun"],
+    ),
 }
 GENRES = list(GENRE_WORDS)
 

@@ -60,8 +60,10 @@ def split_fields(
         fix = None
         if len(fields) == 1:
             found = next((s for s in ("::", "\t", "|", ",", ";") if s != sep and s in line), None)
-            fix = f"the line seems to use {found!r}: is this the right file or format?" if found else (
-                "is the separator right?"
+            fix = (
+                f"the line seems to use {found!r}: is this the right file or format?"
+                if found
+                else ("is the separator right?")
             )
         raise DataFormatError(path, line_no, hint, fix)
     return fields
@@ -71,7 +73,9 @@ def parse_int(path: Path, line_no: int, value: str, what: str) -> int:
     try:
         return int(value.strip())
     except ValueError:
-        raise DataFormatError(path, line_no, f"{what} {value.strip()!r} is not an integer") from None
+        raise DataFormatError(
+            path, line_no, f"{what} {value.strip()!r} is not an integer"
+        ) from None
 
 
 def parse_rating(path: Path, line_no: int, value: str, low: float = 1, high: float = 5) -> float:
