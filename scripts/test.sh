@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Install, lint, then run the whole test suite (PostgreSQL and Redis on localhost for the
+# service tests; datasets in ../shared/data are used when present and skipped otherwise).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. .venv/bin/activate
+ruff check e2urec tests
+exec python -m pytest "$@"
