@@ -35,3 +35,59 @@ def utility(labels: Sequence[int], scores: Sequence[float]) -> dict[str, float]:
         "acc": accuracy(labels, scores),
         "logloss": log_loss(labels, scores),
     }
+
+
+# -- distances between output distributions (unlearning quality, the paper's definitions) ------
+
+
+def _as_log_probs(x):
+    import torch
+
+    t = torch.as_tensor(x, dtype=torch.float64)
+    return t if t.ndim == 2 else t.unsqueeze(0)
+
+
+def jsd_per_sample(logp, logq) -> np.ndarray:
+    """Jensen-Shannon divergence (natural log) between rows of two log-probability matrices:
+    ``0.5 * KL(P || M) + 0.5 * KL(Q || M)`` with ``M = (P + Q) / 2``."""
+    import torch
+
+    lp, lq = _as_log_probs(logp), _as_log_probs(logq)
+    lm = torch.logsumexp(torch.stack([lp, lq]), dim=0) - np.log(2.0)
+    kl_pm = (lp.exp() * (lp - lm)).sum(-1)
+    kl_qm = (lq.exp() * (lq - lm)).sum(-1)
+    return (0.5 * kl_pm + 0.5 * kl_qm).clamp(min=0).numpy()
+
+
+def l2_per_sample(logp, logq) -> np.ndarray:
+    """Euclidean norm of the difference between the two probability vectors, per row."""
+    lp, lq = _as_log_probs(logp), _as_log_probs(logq)
+    return (lp.exp() - lq.exp()).norm(dim=-1).numpy()
+
+
+def distribution_distance(logp, logq) -> dict[str, float]:
+    """Mean JSD and L2 over samples between two models' answer-position distributions."""
+    return {
+        "jsd": float(jsd_per_sample(logp, logq).mean()),
+        "l2": float(l2_per_sample(logp, logq).mean()),
+    }
+
+
+# -- membership inference ------------------------------------------------------------------
+
+
+def mia_auc(member_losses: Sequence[float], nonmember_losses: Sequence[float]) -> float:
+    """AUC of a loss-threshold attack: members are guessed where the loss is low.
+
+    0.5 means the attacker cannot tell the forget set from held-out data; a model that still
+    remembers its training data scores above 0.5.
+    """
+    losses = np.concatenate([np.asarray(member_losses), np.asarray(nonmember_losses)])
+    is_member = np.concatenate([np.ones(len(member_losses)), np.zeros(len(nonmember_losses))])
+    return auc(is_member, -losses)
+
+
+def sample_log_loss(labels: Sequence[int], scores: Sequence[float]) -> np.ndarray:
+    """Per-sample binary cross-entropy of P(like): the attacker's signal."""
+    y, p = np.asarray(labels, dtype=float), np.clip(np.asarray(scores, dtype=float), EPS, 1 - EPS)
+    return -(y * np.log(p) + (1 - y) * np.log(1 - p))

