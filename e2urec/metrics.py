@@ -13,7 +13,7 @@ EPS = 1e-7
 def auc(labels: Sequence[int], scores: Sequence[float]) -> float:
     """Area under the ROC curve; NaN when only one class is present (it is undefined then)."""
     y = np.asarray(labels)
-    if y.min(initial=0) == y.max(initial=0):
+    if len(np.unique(y)) < 2:
         return float("nan")
     return float(roc_auc_score(y, np.asarray(scores)))
 
