@@ -121,10 +121,15 @@ def train_llmrec(
     schedule = get_linear_schedule_with_warmup(optimizer, int(total * cfg.warmup_ratio), total)
     valid_eval = _valid_subset(valid, cfg.max_valid_samples, cfg.seed)
     valid_prompts = [catalog.prompt(s) for s in valid_eval]
-    eval_points = {
-        min(steps_per_epoch, round(steps_per_epoch * k / cfg.evals_per_epoch))
-        for k in range(1, cfg.evals_per_epoch + 1)
-    }
+    # Without validation data (e.g. fitting a model to a forget set) train for all epochs.
+    eval_points = (
+        {
+            min(steps_per_epoch, round(steps_per_epoch * k / cfg.evals_per_epoch))
+            for k in range(1, cfg.evals_per_epoch + 1)
+        }
+        if valid_eval
+        else set()
+    )
 
     result = TrainResult(best_valid={}, trainable_parameters=sum(p.numel() for p in trainable))
     best_state, best_key, bad_evals = None, None, 0
