@@ -54,10 +54,11 @@ def friendly_errors(fn):
 
 def _metrics_table(title: str, rows: dict[str, dict[str, float]]) -> Table:
     table = Table(title=title)
-    for col in ("split", "AUC", "ACC", "LogLoss"):
+    for col in ("split", "AUC", "GAUC", "ACC", "LogLoss"):
         table.add_column(col, justify="right" if col != "split" else "left")
     for name, m in rows.items():
-        table.add_row(name, f"{m['auc']:.4f}", f"{m['acc']:.4f}", f"{m['logloss']:.4f}")
+        gauc = f"{m['gauc']:.4f}" if "gauc" in m else "-"
+        table.add_row(name, f"{m['auc']:.4f}", gauc, f"{m['acc']:.4f}", f"{m['logloss']:.4f}")
     return table
 
 
@@ -204,7 +205,7 @@ def _train(
             progress=progress,
             desc=f"scoring {name}",
         )
-        metrics[name] = utility([s.label for s in part], scores)
+        metrics[name] = utility([s.label for s in part], scores, [s.user_id for s in part])
     console.print(_metrics_table(f"{backbone_spec} trained on {data}", metrics))
     manifest = {
         "kind": "llmrec-original",
@@ -316,7 +317,7 @@ def score(
         desc=f"scoring {split}",
     )
     seconds = time.perf_counter() - started
-    metrics = utility([s.label for s in part], scores)
+    metrics = utility([s.label for s in part], scores, [s.user_id for s in part])
     console.print(_metrics_table(f"{model} on {data}", {split: metrics}))
     console.print(f"{len(part):,} samples in {seconds:.1f}s ({len(part) / seconds:,.0f} samples/s)")
     if output:
@@ -375,7 +376,7 @@ def demo(
                 str(rank),
                 rec.title,
                 ", ".join(catalog.items[rec.item_id].genres),
-                f"{rec.score:.3f}",
+                f"{rec.score:.4f}",
             )
         console.print(table)
     console.print(

@@ -28,13 +28,33 @@ def log_loss(labels: Sequence[int], scores: Sequence[float]) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))) if len(y) else float("nan")
 
 
-def utility(labels: Sequence[int], scores: Sequence[float]) -> dict[str, float]:
-    """AUC, ACC (threshold 0.5) and LogLoss, as the paper reports them."""
-    return {
+def gauc(labels: Sequence[int], scores: Sequence[float], groups: Sequence[int]) -> float:
+    """Group AUC: each user's AUC over their own samples, weighted by their sample count.
+
+    Global AUC rewards telling generous users from harsh ones; a recommender ranks items for one
+    user at a time, which only GAUC measures. Users with a single class are skipped."""
+    y, p, g = np.asarray(labels), np.asarray(scores), np.asarray(groups)
+    total, weight = 0.0, 0
+    for user in np.unique(g):
+        mask = g == user
+        if len(np.unique(y[mask])) == 2:
+            total += roc_auc_score(y[mask], p[mask]) * int(mask.sum())
+            weight += int(mask.sum())
+    return total / weight if weight else float("nan")
+
+
+def utility(
+    labels: Sequence[int], scores: Sequence[float], users: Sequence[int] | None = None
+) -> dict[str, float]:
+    """AUC, ACC (threshold 0.5) and LogLoss as in the paper; GAUC too when users are given."""
+    out = {
         "auc": auc(labels, scores),
         "acc": accuracy(labels, scores),
         "logloss": log_loss(labels, scores),
     }
+    if users is not None:
+        out["gauc"] = gauc(labels, scores, users)
+    return out
 
 
 # -- distances between output distributions (unlearning quality, the paper's definitions) ------

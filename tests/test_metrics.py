@@ -56,3 +56,18 @@ def test_membership_inference_auc():
     assert mia_auc([0.3, 0.3], [0.3, 0.3]) == pytest.approx(0.5)
     losses = sample_log_loss([1, 0], [0.8, 0.8])
     np.testing.assert_allclose(losses, [-math.log(0.8), -math.log(0.2)])
+
+
+def test_gauc_ranks_within_each_user():
+    from e2urec.metrics import gauc
+
+    # user 1 ranked perfectly (2 samples), user 2 reversed (4 samples), user 3 one class (skipped)
+    labels = [1, 0, 1, 1, 0, 0, 1]
+    scores = [0.9, 0.1, 0.2, 0.3, 0.8, 0.7, 0.5]
+    users = [1, 1, 2, 2, 2, 2, 3]
+    assert gauc(labels, scores, users) == pytest.approx((1.0 * 2 + 0.0 * 4) / 6)
+    # a score that only knows the user: global AUC can be high while GAUC is 0.5
+    labels = [1, 1, 0, 0, 0, 1]
+    by_user = [0.9, 0.9, 0.9, 0.1, 0.1, 0.1]
+    assert auc(labels, by_user) > 0.5
+    assert gauc(labels, by_user, [1, 1, 1, 2, 2, 2]) == pytest.approx(0.5)
