@@ -1,0 +1,266 @@
+"""Reproduce the E2URec paper's main table: every method, one protocol, several seeds.
+
+For each seed: prepare the splits (the seed picks the forget users), train the Original, retrain
+from scratch on the retain set (the reference), run every unlearning method on the Original and
+evaluate all of them the same way. Writes results.json, table.md and time_vs_jsd.png.
+
+    python bench/paper_table.py --path ../shared/data/ml-1m \
+        --ratings-file ratings.users_1-2999.partial.dat --samples 20000 --seeds 0 1 2 \
+        --out bench/results/ml1m-tiny-cpu
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+
+from e2urec.backbones import load_backbone
+from e2urec.data import Catalog, SampleConfig, load_dataset, make_splits
+from e2urec.evaluate import evaluate
+from e2urec.training import TrainConfig, train_llmrec
+from e2urec.unlearn import E2URecConfig, StopRule, UnlearnTask, e2urec_unlearn
+from e2urec.unlearn.baselines import FinetuneConfig, bad_teacher, neggrad, negkl, retrain
+
+# The paper's row order; methods not run in a given benchmark are left out of its table.
+ORDER = [
+    "original",
+    "retrain",
+    "sisa",
+    "receraser",
+    "negkl",
+    "neggrad",
+    "bad-t",
+    "e2urec",
+    "e2urec (full aug)",
+    "e2urec (uncached)",
+]
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+def run_seed(args: dict, seed: int, progress: bool) -> dict[str, dict]:
+    dataset = load_dataset(args["format"], args["path"], ratings_file=args["ratings_file"])
+    splits = make_splits(dataset, SampleConfig(max_samples=args["samples"], seed=seed))
+    catalog = Catalog.of(dataset)
+    rng = random.Random(seed)
+    test = rng.sample(splits.test, min(args["eval_samples"], len(splits.test)))
+    # Non-members for the attack: held-out samples of the users we keep, nearest in time.
+    heldout_pool = [s for s in splits.valid if s.user_id not in splits.forget_users]
+    heldout = rng.sample(heldout_pool, min(len(splits.forget), len(heldout_pool)))
+    train_cfg = TrainConfig(epochs=args["epochs"], lr=args["lr"], seed=seed)
+    corpus = catalog.texts() + [catalog.prompt(s).text for s in splits.train[:3000]]
+    original = load_backbone(args["backbone"], corpus=corpus, seed=seed)
+
+    rows: dict[str, dict] = {}
+    started = time.perf_counter()
+    train_llmrec(original, catalog, splits.train, splits.valid, train_cfg, progress=progress)
+    original_seconds = time.perf_counter() - started
+    task = UnlearnTask(catalog, splits.retain, splits.forget, splits.valid)
+
+    def record(
+        name: str,
+        backbone,
+        seconds: float,
+        trainable: int,
+        total: int,
+        stopped: str,
+        reference=None,
+    ):
+        metrics, forget_lp = evaluate(backbone, catalog, test, splits.forget, heldout, reference)
+        rows[name] = {
+            **metrics,
+            "seconds": seconds,
+            "trainable_parameters": trainable,
+            "total_parameters": total,
+            "stopped": stopped,
+        }
+        print(
+            f"[seed {seed}] {name}: "
+            + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+            + f", {seconds:.0f}s",
+            flush=True,
+        )
+        return forget_lp
+
+    n = original.parameter_count()
+    base = record("original", original, original_seconds, n, n, "trained")
+    gold = retrain(original, task, train_cfg, args["backbone"], progress=progress)
+    reference = record(
+        "retrain",
+        gold.backbone,
+        gold.seconds,
+        gold.trainable_parameters,
+        gold.total_parameters,
+        gold.stopped,
+    )
+    rows["original"].update({k: v for k, v in _distance(base, reference).items()})
+    del gold
+
+    stop = StopRule(max_epochs=args["unlearn_epochs"])
+    methods = {
+        "negkl": lambda: negkl(
+            original, task, FinetuneConfig(stop=stop, seed=seed), progress=progress
+        ),
+        "neggrad": lambda: neggrad(
+            original, task, FinetuneConfig(stop=stop, seed=seed), progress=progress
+        ),
+        "bad-t": lambda: bad_teacher(
+            original, task, FinetuneConfig(stop=stop, seed=seed), progress=progress
+        ),
+        "e2urec": lambda: e2urec_unlearn(
+            original, task, E2URecConfig(stop=stop, seed=seed), progress=progress
+        ),
+        "e2urec (full aug)": lambda: e2urec_unlearn(
+            original, task, E2URecConfig(stop=stop, seed=seed, aug_mode="full"), progress=progress
+        ),
+        "e2urec (uncached)": lambda: e2urec_unlearn(
+            original,
+            task,
+            E2URecConfig(stop=stop, seed=seed, cache_teachers=False),
+            progress=progress,
+        ),
+    }
+    for name in args["methods"]:
+        result = methods[name]()
+        record(
+            name,
+            result.backbone,
+            result.seconds,
+            result.trainable_parameters,
+            result.total_parameters,
+            result.stopped,
+            reference,
+        )
+        rows[name]["peak_memory_bytes"] = result.peak_memory_bytes
+        rows[name]["history"] = result.history
+    return rows
+
+
+def _distance(a, b) -> dict[str, float]:
+    from e2urec.metrics import distribution_distance
+
+    return distribution_distance(a, b)
+
+
+def _mean_sd(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def write_table(results: dict[int, dict[str, dict]], out: Path, command: str) -> str:
+    methods = [m for m in ORDER if all(m in r for r in results.values())]
+    header = "| method | AUC | ACC | LL | JSD | L2 | MIA AUC | time (s) | trainable params |"
+    lines = [header, "|" + "---|" * 9]
+
+    def cell(rows: list[dict], key: str, scale: float = 100.0) -> str:
+        return _mean_sd([row[key] * scale for row in rows]) if key in rows[0] else "-"
+
+    for m in methods:
+        rows = [r[m] for r in results.values()]
+        lines.append(
+            f"| {m} | {cell(rows, 'auc')} | {cell(rows, 'acc')} | {cell(rows, 'logloss')} | "
+            f"{cell(rows, 'jsd')} | {cell(rows, 'l2')} | {cell(rows, 'mia_auc')} | "
+            f"{cell(rows, 'seconds', 1.0)} | {rows[0]['trainable_parameters']:.2e} |"
+        )
+    seeds = ", ".join(map(str, results))
+    device = "CUDA " + torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    text = (
+        "AUC, ACC, LL (LogLoss), JSD and L2 are x100 as in the paper; "
+        f"mean ± sd over seeds {seeds}. "
+        "JSD and L2 compare answer distributions with the retrained model's on the forget set; "
+        "MIA AUC is a loss-threshold attack separating the forget set from held-out samples "
+        "(50 = cannot tell).\n\n" + "\n".join(lines) + "\n\n"
+        f"Command: `{command}`\n\nMachine: {platform.platform()}, {torch.get_num_threads()} "
+        f"torch threads, {device}\n"
+    )
+    (out / "table.md").write_text(text)
+    return text
+
+
+def write_plot(results: dict[int, dict[str, dict]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in ORDER:
+        rows = [r[m] for r in results.values() if m in r and "jsd" in r[m]]
+        if not rows:
+            continue
+        x = statistics.mean(row["seconds"] for row in rows)
+        y = statistics.mean(row["jsd"] * 100 for row in rows)
+        ax.scatter(x, y, s=40)
+        ax.annotate(m, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xlabel("unlearning time (s)")
+    ax.set_ylabel("JSD to the retrained model (x100, lower is better)")
+    ax.set_title("Unlearning: time vs closeness to retraining")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "time_vs_jsd.png", dpi=120)
+
+
+@app.command()
+def main(
+    out: Annotated[Path, typer.Option(help="results folder")],
+    path: Annotated[Path | None, typer.Option(help="dataset folder (omit for synthetic)")] = None,
+    fmt: Annotated[str, typer.Option("--format")] = "auto",
+    ratings_file: str | None = None,
+    samples: Annotated[int, typer.Option(help="last N samples of the protocol")] = 20_000,
+    backbone: str = "tiny",
+    epochs: Annotated[int, typer.Option(help="epochs for Original and Retrain")] = 3,
+    lr: float = 2e-3,
+    unlearn_epochs: int = 3,
+    eval_samples: Annotated[int, typer.Option(help="test samples scored per model")] = 4000,
+    seeds: Annotated[list[int] | None, typer.Option(help="one run per seed")] = None,
+    methods: Annotated[list[str] | None, typer.Option(help="subset of methods to run")] = None,
+    progress: bool = True,
+):
+    seeds = seeds or [0, 1, 2]
+    all_methods = ["negkl", "neggrad", "bad-t", "e2urec", "e2urec (full aug)", "e2urec (uncached)"]
+    args = {
+        "format": fmt if path else "synthetic",
+        "path": path,
+        "ratings_file": ratings_file,
+        "samples": samples,
+        "backbone": backbone,
+        "epochs": epochs,
+        "lr": lr,
+        "unlearn_epochs": unlearn_epochs,
+        "eval_samples": eval_samples,
+        "methods": methods or all_methods,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[int, dict[str, dict]] = {}
+    command = "python " + " ".join(sys.argv)
+    for seed in seeds:
+        started = time.perf_counter()
+        results[seed] = run_seed(args, seed, progress)
+        print(f"seed {seed} done in {time.perf_counter() - started:.0f}s", flush=True)
+        (out / "results.json").write_text(
+            json.dumps(
+                {
+                    "command": command,
+                    "args": {k: str(v) for k, v in args.items()},
+                    "results": results,
+                },
+                indent=2,
+                default=str,
+            )
+        )
+        print(write_table(results, out, command))
+        write_plot(results, out)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,55 @@
+"""How good an unlearned model is: utility on test, distance to the retrained model on the forget
+set, and whether a membership-inference attack can still spot the forget set."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from e2urec.backbones import Backbone
+from e2urec.data.prepared import Catalog
+from e2urec.data.samples import Sample
+from e2urec.metrics import distribution_distance, mia_auc, sample_log_loss, utility
+from e2urec.scoring import answer_distributions
+
+
+def evaluate(
+    model: Backbone,
+    catalog: Catalog,
+    test: Sequence[Sample],
+    forget: Sequence[Sample],
+    heldout: Sequence[Sample],
+    reference_forget_logp: torch.Tensor | None = None,
+    *,
+    batch_size: int = 128,
+    progress: bool = False,
+) -> tuple[dict[str, float], torch.Tensor]:
+    """Metrics of one model, and its forget-set answer distributions (to reuse as a reference).
+
+    ``reference_forget_logp`` is the retrained model's answer distribution on ``forget``; JSD and
+    L2 are reported against it. The attack separates ``forget`` (members) from ``heldout``.
+    """
+
+    def p_yes(logp: torch.Tensor) -> list[float]:
+        pair = logp[:, [model.format.yes_token, model.format.no_token]]
+        return torch.softmax(pair, -1)[:, 0].tolist()
+
+    prompts = [catalog.prompt(s) for s in (*test, *forget, *heldout)]
+    logp = answer_distributions(
+        model, prompts, batch_size=batch_size, progress=progress, desc="evaluating"
+    )
+    n_test, n_forget = len(test), len(forget)
+    test_lp, forget_lp, held_lp = (
+        logp[:n_test],
+        logp[n_test : n_test + n_forget],
+        logp[n_test + n_forget :],
+    )
+    metrics = utility([s.label for s in test], p_yes(test_lp), [s.user_id for s in test])
+    member = sample_log_loss([s.label for s in forget], p_yes(forget_lp))
+    nonmember = sample_log_loss([s.label for s in heldout], p_yes(held_lp))
+    metrics["mia_auc"] = mia_auc(member, nonmember)
+    metrics["forget_logloss"] = float(member.mean())
+    if reference_forget_logp is not None:
+        metrics.update(distribution_distance(forget_lp, reference_forget_logp))
+    return metrics, forget_lp

@@ -1,0 +1,226 @@
+"""The paper's baselines. NegGrad, NegKL and Bad-T fine-tune all weights of a copy of the
+original; Retrain trains the base from scratch on the retain set (the gold standard)."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+from e2urec.backbones import Backbone, load_backbone
+from e2urec.encoding import answer_logits, collate, encode_prompts, target_loss
+from e2urec.training import TrainConfig, train_llmrec
+from e2urec.unlearn.base import PeakMemory, UnlearnResult, UnlearnTask
+from e2urec.unlearn.loop import LoopConfig, unlearning_loop
+from e2urec.unlearn.stopping import Monitor, StopRule
+from e2urec.unlearn.teachers import LazyTeacher, answer_logits_all, soft_cross_entropy, vocab_size
+
+
+@dataclass
+class FinetuneConfig:
+    lr: float = 1e-4
+    batch_size: int = 16
+    checks_per_epoch: int = 4  # ascent can overshoot within an epoch: check more often
+    stop: StopRule = field(default_factory=lambda: StopRule(max_epochs=3))
+    seed: int = 0
+    eval_batch_size: int = 128
+
+
+@dataclass
+class _Ctx:
+    """What a baseline's step function works with."""
+
+    original: Backbone
+    student: torch.nn.Module
+    task: UnlearnTask
+    forget_enc: list[list[int]]
+    retain_enc: list[list[int]]
+    device: torch.device
+
+    def forget_batch(self, idx: list[int], labeled: bool = True):
+        labels = [self.task.forget[i].label for i in idx] if labeled else None
+        fmt = self.original.format
+        return collate(fmt, [self.forget_enc[i] for i in idx], labels).to(self.device)
+
+    def retain_batch(self, idx: list[int], labeled: bool = True):
+        labels = [self.task.retain[i].label for i in idx] if labeled else None
+        fmt = self.original.format
+        return collate(fmt, [self.retain_enc[i] for i in idx], labels).to(self.device)
+
+
+def _finetune(
+    name: str,
+    original: Backbone,
+    task: UnlearnTask,
+    cfg: FinetuneConfig,
+    make_step: Callable[[_Ctx], Callable[[list[int], list[int] | None], torch.Tensor]],
+    progress: bool,
+) -> UnlearnResult:
+    torch.manual_seed(cfg.seed)
+    history: list[dict] = []
+    with PeakMemory(original.device) as memory:
+        started = time.perf_counter()
+        catalog, tok, fmt = task.catalog, original.tokenizer, original.format
+        monitor = Monitor(catalog, task.forget, task.valid, cfg.stop, cfg.seed, cfg.eval_batch_size)
+        reference = monitor.check(original)
+        history.append({"epoch": 0, **reference.as_dict()})
+        student = copy.deepcopy(original.model)
+        for p in student.parameters():
+            p.requires_grad_(True)
+        view = Backbone(student, tok, original.spec, {"method": name})
+        ctx = _Ctx(
+            original,
+            student,
+            task,
+            encode_prompts(tok, fmt, [catalog.prompt(s) for s in task.forget]),
+            encode_prompts(tok, fmt, [catalog.prompt(s) for s in task.retain]),
+            original.device,
+        )
+        loop = LoopConfig(
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            checks_per_epoch=cfg.checks_per_epoch,
+            stop=cfg.stop,
+            seed=cfg.seed,
+        )
+        stopped = unlearning_loop(
+            view,
+            list(student.parameters()),
+            lambda k: True,
+            [len(e) for e in ctx.forget_enc],
+            len(task.retain),
+            make_step(ctx),
+            monitor,
+            reference.valid_auc,
+            loop,
+            history,
+            name=name,
+            progress=progress,
+        )
+        student.eval()
+        seconds = time.perf_counter() - started
+    n = original.parameter_count()
+    return UnlearnResult(name, view, seconds, n, n, memory.peak, stopped, history)
+
+
+def neggrad(
+    original: Backbone,
+    task: UnlearnTask,
+    cfg: FinetuneConfig | None = None,
+    *,
+    progress: bool = True,
+) -> UnlearnResult:
+    """Gradient ascent on the forget set with descent on the retain set."""
+
+    def make_step(ctx: _Ctx):
+        def step(idx, ridx):
+            ce_f, _ = target_loss(ctx.student, ctx.forget_batch(idx))
+            ce_r, _ = target_loss(ctx.student, ctx.retain_batch(ridx))
+            return ce_r - ce_f
+
+        return step
+
+    return _finetune("neggrad", original, task, cfg or FinetuneConfig(), make_step, progress)
+
+
+def negkl(
+    original: Backbone,
+    task: UnlearnTask,
+    cfg: FinetuneConfig | None = None,
+    *,
+    progress: bool = True,
+) -> UnlearnResult:
+    """Push the forget predictions away from the original's (ascent on KL), CE on retain."""
+
+    def make_step(ctx: _Ctx):
+        prompts = [task.catalog.prompt(s) for s in task.forget]
+        orig_f = torch.log_softmax(answer_logits_all(ctx.original, prompts), -1)
+
+        def step(idx, ridx):
+            student_f = answer_logits(ctx.student, ctx.forget_batch(idx, labeled=False))
+            teacher = orig_f[idx].to(ctx.device)
+            kl = (teacher.exp() * (teacher - torch.log_softmax(student_f.float(), -1))).sum(-1)
+            ce_r, _ = target_loss(ctx.student, ctx.retain_batch(ridx))
+            return ce_r - kl.mean()
+
+        return step
+
+    return _finetune("negkl", original, task, cfg or FinetuneConfig(), make_step, progress)
+
+
+def bad_teacher(
+    original: Backbone,
+    task: UnlearnTask,
+    cfg: FinetuneConfig | None = None,
+    *,
+    progress: bool = True,
+) -> UnlearnResult:
+    """Bad-T: distil the competent original on retain and a randomly initialised (incompetent)
+    teacher on the forget set."""
+
+    def make_step(ctx: _Ctx):
+        torch.manual_seed(cfg_used.seed + 1)
+        incompetent = fresh_model(ctx.original).to(ctx.device).eval()
+        prompts = [task.catalog.prompt(s) for s in task.forget]
+        bad_f = torch.log_softmax(answer_logits_all(ctx.original, prompts, model=incompetent), -1)
+        del incompetent
+        competent = LazyTeacher(
+            len(task.retain),
+            vocab_size(ctx.original),
+            lambda idx: answer_logits(ctx.original.model, ctx.retain_batch(idx, labeled=False)),
+            ctx.original.model,
+        )
+
+        def step(idx, ridx):
+            student_f = answer_logits(ctx.student, ctx.forget_batch(idx, labeled=False))
+            student_r = answer_logits(ctx.student, ctx.retain_batch(ridx, labeled=False))
+            return soft_cross_entropy(competent.get(ridx).to(ctx.device), student_r) + (
+                soft_cross_entropy(bad_f[idx].to(ctx.device), student_f)
+            )
+
+        return step
+
+    cfg_used = cfg or FinetuneConfig()
+    return _finetune("bad-t", original, task, cfg_used, make_step, progress)
+
+
+def fresh_model(original: Backbone) -> torch.nn.Module:
+    """The original's architecture with fresh random weights."""
+    auto = AutoModelForSeq2SeqLM if original.is_seq2seq else AutoModelForCausalLM
+    return auto.from_config(copy.deepcopy(original.model.config))
+
+
+def fresh_base(original: Backbone, base_spec: str, seed: int = 0) -> Backbone:
+    """What the original was trained from (its manifest's ``backbone``): a tiny preset's
+    architecture and catalogue tokenizer with fresh weights, or the pretrained backbone."""
+    if base_spec in ("tiny", "tiny-t5"):
+        torch.manual_seed(seed)
+        model = fresh_model(original).to(original.device).eval()
+        return Backbone(model, original.tokenizer, base_spec, {"source": "fresh"})
+    return load_backbone(base_spec, device=original.device)
+
+
+def retrain(
+    original: Backbone,
+    task: UnlearnTask,
+    train_config: TrainConfig,
+    base_spec: str,
+    *,
+    progress: bool = True,
+) -> UnlearnResult:
+    """Train the base from scratch on the retain set, the way the original was trained."""
+    with PeakMemory(original.device) as memory:
+        started = time.perf_counter()
+        model = fresh_base(original, base_spec, train_config.seed)
+        result = train_llmrec(
+            model, task.catalog, task.retain, task.valid, train_config, progress=progress
+        )
+        seconds = time.perf_counter() - started
+    n = model.parameter_count()
+    return UnlearnResult(
+        "retrain", model, seconds, n, n, memory.peak, result.stopped, result.history
+    )

@@ -1,0 +1,245 @@
+"""E2URec: a LoRA student distilled from a remembering and a forgetting teacher.
+
+The original model is frozen. Its LoRA student learns to match
+  * the original (the remembering teacher) on retained data, plus the usual CE on the labels;
+  * the forced logits ``orig - alpha * relu(aug - orig)`` (the forgetting teacher) on the forget
+    set, where ``aug`` is the original further fitted to the forget set: whatever the forget data
+    taught beyond the original is pushed back down.
+Loss: ``w * (CE_retain + KL(orig || student)_retain) + (1 - w) * KL(forced || student)_forget``,
+after ``forget_only_epochs`` epochs on the forgetting term alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from peft import LoraConfig, get_peft_model
+
+from e2urec.backbones import Backbone
+from e2urec.encoding import answer_logits, collate, encode_prompts, target_loss
+from e2urec.lora import attention_qv_targets
+from e2urec.training import TrainConfig, train_llmrec
+from e2urec.unlearn.base import PeakMemory, UnlearnResult, UnlearnTask
+from e2urec.unlearn.loop import LoopConfig, unlearning_loop
+from e2urec.unlearn.stopping import Monitor, StopRule
+from e2urec.unlearn.teachers import (
+    LazyTeacher,
+    answer_logits_all,
+    forced_logits,
+    soft_cross_entropy,
+    vocab_size,
+)
+
+
+@dataclass
+class E2URecConfig:
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: list[str] | None = None  # default: the attention q/v projections
+    alpha: float = 2.0  # strength of the forgetting teacher's push
+    w: float = 0.6  # weight of remembering against forgetting
+    lr: float = 1e-3
+    batch_size: int = 16
+    forget_only_epochs: int = 1
+    aug_mode: Literal["lora", "full"] = "lora"  # the paper fine-tuned all weights
+    aug_epochs: int = 3
+    aug_lr: float | None = None  # default 1e-3 for a LoRA, 2e-4 for full fine-tuning
+    cache_teachers: bool = True
+    stop: StopRule = field(default_factory=StopRule)
+    checks_per_epoch: int = 1
+    seed: int = 0
+    eval_batch_size: int = 128
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.w <= 1.0:
+            raise ValueError(f"w must be in [0, 1], got {self.w}")
+        if self.aug_mode not in ("lora", "full"):
+            raise ValueError(f"aug_mode must be 'lora' or 'full', got {self.aug_mode!r}")
+        if self.forget_only_epochs >= self.stop.max_epochs:
+            raise ValueError("forget_only_epochs must leave at least one mixed epoch")
+
+
+def train_augmented(
+    original: Backbone, task: UnlearnTask, cfg: E2URecConfig, progress: bool
+) -> Backbone:
+    """The original further fitted to the forget set (a merged LoRA by default, or all weights)."""
+    aug = Backbone(copy.deepcopy(original.model), original.tokenizer, original.spec)
+    lr = cfg.aug_lr or (1e-3 if cfg.aug_mode == "lora" else 2e-4)
+    train_llmrec(
+        aug,
+        task.catalog,
+        task.forget,
+        [],
+        TrainConfig(
+            epochs=cfg.aug_epochs,
+            lr=lr,
+            batch_size=cfg.batch_size,
+            warmup_ratio=0.0,
+            lora=cfg.aug_mode == "lora",
+            lora_r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=0.0,
+            seed=cfg.seed,
+        ),
+        progress=progress,
+    )
+    return aug
+
+
+def e2urec_loss(
+    w: float,
+    forced_logp: torch.Tensor,
+    student_forget_logits: torch.Tensor,
+    ce_retain: torch.Tensor | None = None,
+    orig_logp: torch.Tensor | None = None,
+    student_retain_logits: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``w * (CE_retain + KL(orig || student)_retain) + (1 - w) * KL(forced || student)_forget``;
+    the forgetting term alone when no retain batch is given (the forget-only epochs). KL terms
+    are soft cross-entropies, as in the paper's code (they differ by a constant)."""
+    forget = soft_cross_entropy(forced_logp, student_forget_logits)
+    if ce_retain is None:
+        return forget
+    remember = ce_retain + soft_cross_entropy(orig_logp, student_retain_logits)
+    return w * remember + (1 - w) * forget
+
+
+def e2urec_unlearn(
+    original: Backbone,
+    task: UnlearnTask,
+    cfg: E2URecConfig | None = None,
+    *,
+    out: Path | str | None = None,
+    progress: bool = True,
+) -> UnlearnResult:
+    """Unlearn ``task.forget`` from ``original`` (left untouched); the result holds the student."""
+    cfg = cfg or E2URecConfig()
+    torch.manual_seed(cfg.seed)
+    device, fmt, tok = original.device, original.format, original.tokenizer
+    catalog = task.catalog
+    history: list[dict] = []
+    with PeakMemory(device) as memory:
+        started = time.perf_counter()
+        monitor = Monitor(catalog, task.forget, task.valid, cfg.stop, cfg.seed, cfg.eval_batch_size)
+        reference = monitor.check(original)
+        history.append({"epoch": 0, **reference.as_dict()})
+
+        aug = train_augmented(original, task, cfg, progress)
+        forget_prompts = [catalog.prompt(s) for s in task.forget]
+        aug_seconds = time.perf_counter() - started
+        if cfg.cache_teachers:
+            orig_f = answer_logits_all(original, forget_prompts, batch_size=cfg.eval_batch_size)
+            aug_f = answer_logits_all(aug, forget_prompts, batch_size=cfg.eval_batch_size)
+            forced_f = torch.log_softmax(forced_logits(orig_f, aug_f, cfg.alpha), -1)
+            del aug, orig_f, aug_f  # the forgetting teacher is now a table
+
+        targets = cfg.target_modules or attention_qv_targets(original.model)
+        student = get_peft_model(
+            copy.deepcopy(original.model),
+            LoraConfig(
+                r=cfg.lora_r,
+                lora_alpha=cfg.lora_alpha,
+                lora_dropout=cfg.lora_dropout,
+                target_modules=targets,
+                task_type="SEQ_2_SEQ_LM" if original.is_seq2seq else "CAUSAL_LM",
+            ),
+        )
+        view = Backbone(student, tok, original.spec, {"adapter": "e2urec"})
+        trainable = [p for p in student.parameters() if p.requires_grad]
+        forget_enc = encode_prompts(tok, fmt, forget_prompts)
+        retain_enc = encode_prompts(tok, fmt, [catalog.prompt(s) for s in task.retain])
+        retain_labels = [s.label for s in task.retain]
+
+        def original_logits(idx: list[int]) -> torch.Tensor:
+            # the frozen original is the student with its adapter switched off
+            batch = collate(fmt, [retain_enc[i] for i in idx]).to(device)
+            with student.disable_adapter():
+                return answer_logits(student, batch)
+
+        retain_teacher = LazyTeacher(
+            len(task.retain), vocab_size(original), original_logits, student, cfg.cache_teachers
+        )
+
+        def step(idx: list[int], ridx: list[int] | None) -> torch.Tensor:
+            fb = collate(fmt, [forget_enc[i] for i in idx]).to(device)
+            student_f = answer_logits(student, fb)
+            if cfg.cache_teachers:
+                teacher_f = forced_f[idx].to(device)
+            else:  # what the paper's code does: run both teachers at every step
+                with torch.no_grad(), student.disable_adapter():
+                    orig_logits = answer_logits(student, fb).float()
+                with torch.no_grad():
+                    aug_logits = answer_logits(aug.model, fb).float()
+                teacher_f = torch.log_softmax(forced_logits(orig_logits, aug_logits, cfg.alpha), -1)
+            if ridx is None:
+                return e2urec_loss(cfg.w, teacher_f, student_f)
+            rb = collate(fmt, [retain_enc[i] for i in ridx], [retain_labels[i] for i in ridx])
+            ce_r, student_r = target_loss(student, rb.to(device))
+            teacher_r = retain_teacher.get(ridx).to(device)
+            return e2urec_loss(cfg.w, teacher_f, student_f, ce_r, teacher_r, student_r)
+
+        loop = LoopConfig(
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            forget_only_epochs=cfg.forget_only_epochs,
+            checks_per_epoch=cfg.checks_per_epoch,
+            stop=cfg.stop,
+            seed=cfg.seed,
+        )
+        stopped = unlearning_loop(
+            view,
+            trainable,
+            lambda k: "lora_" in k,
+            [len(e) for e in forget_enc],
+            len(task.retain),
+            step,
+            monitor,
+            reference.valid_auc,
+            loop,
+            history,
+            name="e2urec",
+            progress=progress,
+        )
+        student.eval()
+        seconds = time.perf_counter() - started
+
+    adapter_path = None
+    if out is not None:
+        adapter_path = Path(out)
+        student.save_pretrained(adapter_path, safe_serialization=True)
+        (adapter_path / "unlearn.json").write_text(
+            json.dumps(
+                {
+                    "method": "e2urec",
+                    "config": asdict(cfg),
+                    "stopped": stopped,
+                    "history": history,
+                    "seconds": seconds,
+                    "forget_users": sorted({s.user_id for s in task.forget}),
+                },
+                indent=2,
+                default=str,
+            )
+        )
+    return UnlearnResult(
+        method="e2urec",
+        backbone=view,
+        seconds=seconds,
+        trainable_parameters=sum(p.numel() for p in trainable),
+        total_parameters=original.parameter_count(),
+        peak_memory_bytes=memory.peak,
+        stopped=stopped,
+        history=history,
+        adapter_path=adapter_path,
+        details={
+            "augmented_seconds": aug_seconds,
+            "retain_teacher_passes": retain_teacher.forward_passes,
+        },
+    )

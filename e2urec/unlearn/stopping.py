@@ -1,0 +1,81 @@
+"""When to stop unlearning, using only what a deployment has (no retrained model, no test set)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from e2urec.backbones import Backbone
+from e2urec.data.prepared import Catalog
+from e2urec.data.samples import Sample
+from e2urec.metrics import auc, log_loss
+from e2urec.scoring import predict_like
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """Stop once the model treats the forget set like data it never saw (its loss there reaches
+    the held-out loss), or revert and stop if validation AUC falls more than a bound below the
+    original's; never beyond ``max_epochs``."""
+
+    max_epochs: int = 5
+    max_valid_auc_drop: float = 0.01
+    forget_margin: float = 0.0  # stop when forget loss >= held-out loss - margin
+    eval_samples: int = 2000  # subsample of forget and valid used for the checks
+
+
+@dataclass
+class Check:
+    forget_loss: float
+    heldout_loss: float
+    valid_auc: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "forget_loss": self.forget_loss,
+            "heldout_loss": self.heldout_loss,
+            "valid_auc": self.valid_auc,
+        }
+
+
+class Monitor:
+    """Fixed evaluation subsamples, so successive checks compare like with like."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        forget: list[Sample],
+        valid: list[Sample],
+        rule: StopRule,
+        seed: int,
+        batch_size: int = 128,
+    ):
+        rng = random.Random(seed)
+        self.forget = rng.sample(forget, min(rule.eval_samples, len(forget)))
+        self.valid = rng.sample(valid, min(rule.eval_samples, len(valid)))
+        self.forget_prompts = [catalog.prompt(s) for s in self.forget]
+        self.valid_prompts = [catalog.prompt(s) for s in self.valid]
+        self.rule = rule
+        self.batch_size = batch_size
+
+    def check(self, backbone: Backbone) -> Check:
+        pf = predict_like(backbone, self.forget_prompts, batch_size=self.batch_size)
+        pv = predict_like(backbone, self.valid_prompts, batch_size=self.batch_size)
+        labels_v = [s.label for s in self.valid]
+        return Check(
+            log_loss([s.label for s in self.forget], pf), log_loss(labels_v, pv), auc(labels_v, pv)
+        )
+
+    def decide(self, check: Check, reference_auc: float) -> str | None:
+        """None to go on; otherwise why to stop (prefixed "revert:" when the last step hurt)."""
+        if check.valid_auc < reference_auc - self.rule.max_valid_auc_drop:
+            return (
+                f"revert: valid AUC {check.valid_auc:.4f} fell more than "
+                f"{self.rule.max_valid_auc_drop} below the original's {reference_auc:.4f}"
+            )
+        if check.forget_loss >= check.heldout_loss - self.rule.forget_margin:
+            return (
+                f"forget loss {check.forget_loss:.4f} reached the held-out level "
+                f"{check.heldout_loss:.4f}"
+            )
+        return None

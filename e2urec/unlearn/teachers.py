@@ -1,0 +1,103 @@
+"""Teacher outputs at the answer position, computed once per sample and reused every epoch.
+
+Both E2URec teachers are frozen, so their answer-position distributions never change during
+unlearning; running them at every step (as the paper's code does) triples the forward passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from e2urec.backbones import Backbone
+from e2urec.data.prompts import Prompt
+from e2urec.encoding import answer_logits, collate, encode_prompts
+from e2urec.scoring import length_batches
+
+
+@torch.inference_mode()
+def answer_logits_all(
+    backbone: Backbone, prompts: Sequence[Prompt], *, batch_size: int = 64, model=None
+) -> torch.Tensor:
+    """Raw answer-position logits [N, vocab] (float32, CPU) of ``model`` (default: the
+    backbone's own)."""
+    model = model or backbone.model
+    fmt = backbone.format
+    encoded = encode_prompts(backbone.tokenizer, fmt, prompts)
+    was_training = model.training
+    model.eval()
+    out = None
+    try:
+        for idx in length_batches([len(e) for e in encoded], batch_size):
+            batch = collate(fmt, [encoded[i] for i in idx]).to(backbone.device)
+            logits = answer_logits(model, batch).float().cpu()
+            if out is None:
+                out = torch.empty(len(prompts), logits.size(-1))
+            out[idx] = logits
+    finally:
+        model.train(was_training)
+    return out
+
+
+def forced_logits(orig: torch.Tensor, aug: torch.Tensor, alpha: float) -> torch.Tensor:
+    """The forgetting teacher: push down whatever the augmented model learned beyond the original,
+    ``orig - alpha * relu(aug - orig)``."""
+    return orig - alpha * torch.relu(aug - orig)
+
+
+def soft_cross_entropy(teacher_logp: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) up to the teacher's entropy (a constant): ``-sum p_t log q_s``,
+    averaged over the batch. The paper's code calls this term KL."""
+    student_logp = torch.log_softmax(student_logits.float(), dim=-1)
+    return -(teacher_logp.exp() * student_logp).sum(-1).mean()
+
+
+def kl_divergence(teacher_logp: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student), averaged over the batch."""
+    student_logp = torch.log_softmax(student_logits.float(), dim=-1)
+    return (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1).mean()
+
+
+def vocab_size(backbone: Backbone) -> int:
+    return backbone.model.get_output_embeddings().weight.shape[0]
+
+
+class LazyTeacher:
+    """A frozen teacher's answer distribution, computed the first time a sample is drawn and kept
+    (float16) after that: no sample is run twice, and none that is never drawn is run at all.
+    With ``cache=False`` it runs the teacher on every call, as the paper's code does."""
+
+    def __init__(
+        self,
+        n: int,
+        vocab: int,
+        compute: Callable[[list[int]], torch.Tensor],
+        model: torch.nn.Module,
+        cache: bool = True,
+    ):
+        self.compute = compute  # sample indices -> raw answer logits
+        self.model = model  # put in eval mode while the teacher runs
+        self.cache = cache
+        self.logp = torch.zeros(n, vocab, dtype=torch.float16) if cache else None
+        self.known = torch.zeros(n, dtype=torch.bool)
+        self.forward_passes = 0
+
+    @torch.no_grad()
+    def get(self, idx: list[int]) -> torch.Tensor:
+        rows = torch.tensor(idx)
+        missing = rows[~self.known[rows]] if self.cache else rows
+        if len(missing):
+            was = self.model.training
+            self.model.eval()
+            try:
+                logits = self.compute(missing.tolist()).float().cpu()
+            finally:
+                self.model.train(was)
+            self.forward_passes += 1
+            fresh = torch.log_softmax(logits, -1)
+            if not self.cache:
+                return fresh
+            self.logp[missing] = fresh.half()
+            self.known[missing] = True
+        return self.logp[rows].float()

@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from e2urec.backbones import load_backbone
+from e2urec.data import Catalog, SampleConfig, SyntheticConfig, generate_synthetic, make_splits
+from e2urec.metrics import log_loss
+from e2urec.scoring import predict_like
+from e2urec.training import TrainConfig, train_llmrec
+from e2urec.unlearn import E2URecConfig, StopRule, UnlearnTask, e2urec_unlearn
+from e2urec.unlearn.e2urec import e2urec_loss
+from e2urec.unlearn.teachers import forced_logits, kl_divergence, soft_cross_entropy
+
+
+def test_forced_logits_push_down_what_the_augmented_model_added():
+    orig = torch.tensor([[2.0, 1.0, 0.0]])
+    aug = torch.tensor([[3.0, 0.5, 0.0]])  # learned more "Yes" (token 0), less token 1
+    # orig - 2 * relu(aug - orig) = [2 - 2*1, 1 - 0, 0 - 0]
+    assert torch.equal(forced_logits(orig, aug, 2.0), torch.tensor([[0.0, 1.0, 0.0]]))
+
+
+def test_e2urec_loss_matches_the_formula_by_hand():
+    w = 0.6
+    forced = torch.log(torch.tensor([[0.7, 0.2, 0.1]]))
+    orig = torch.log(torch.tensor([[0.1, 0.6, 0.3]]))
+    s_f = torch.tensor([[1.0, 0.0, -1.0]])
+    s_r = torch.tensor([[0.0, 2.0, 0.0]])
+    q_f = [math.exp(v) / sum(math.exp(x) for x in (1.0, 0.0, -1.0)) for v in (1.0, 0.0, -1.0)]
+    q_r = [math.exp(v) / sum(math.exp(x) for x in (0.0, 2.0, 0.0)) for v in (0.0, 2.0, 0.0)]
+    soft_f = -(0.7 * math.log(q_f[0]) + 0.2 * math.log(q_f[1]) + 0.1 * math.log(q_f[2]))
+    soft_r = -(0.1 * math.log(q_r[0]) + 0.6 * math.log(q_r[1]) + 0.3 * math.log(q_r[2]))
+    ce = torch.tensor(0.5)
+    assert e2urec_loss(w, forced, s_f).item() == pytest.approx(soft_f, rel=1e-6)
+    full = e2urec_loss(w, forced, s_f, ce, orig, s_r).item()
+    assert full == pytest.approx(w * (0.5 + soft_r) + (1 - w) * soft_f, rel=1e-6)
+    # soft cross-entropy and KL differ by the teacher's entropy only
+    entropy = -(0.7 * math.log(0.7) + 0.2 * math.log(0.2) + 0.1 * math.log(0.1))
+    assert kl_divergence(forced, s_f).item() == pytest.approx(soft_f - entropy, abs=1e-6)
+    assert soft_cross_entropy(forced, s_f).item() == pytest.approx(soft_f, rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A tiny LLMRec trained long enough to remember its training users."""
+    ds = generate_synthetic(SyntheticConfig(users=80, items=80, ratings_per_user=25, seed=11))
+    splits = make_splits(ds, SampleConfig(max_samples=None, forget_fraction=0.2, seed=3))
+    catalog = Catalog.of(ds)
+    corpus = catalog.texts() + [catalog.prompt(s).text for s in splits.train]
+    original = load_backbone("tiny", corpus=corpus, device="cpu")
+    train_llmrec(
+        original,
+        catalog,
+        splits.train,
+        splits.valid,
+        TrainConfig(epochs=6, lr=3e-3, patience=6),
+        progress=False,
+    )
+    task = UnlearnTask(catalog, splits.retain, splits.forget, splits.valid)
+    return original, task
+
+
+def _forget_loss(backbone, task) -> float:
+    scores = predict_like(backbone, [task.catalog.prompt(s) for s in task.forget])
+    return log_loss([s.label for s in task.forget], scores)
+
+
+@pytest.mark.slow
+def test_e2urec_forgets_and_saves_an_adapter(trained, tmp_path: Path):
+    original, task = trained
+    before_weights = {k: v.clone() for k, v in original.model.state_dict().items()}
+    before = _forget_loss(original, task)
+    cfg = E2URecConfig(stop=StopRule(max_epochs=3, max_valid_auc_drop=0.05, eval_samples=300))
+    result = e2urec_unlearn(original, task, cfg, out=tmp_path / "adapter", progress=False)
+    after = _forget_loss(result.backbone, task)
+    assert after > before, (before, after, result.history)  # forget samples look less familiar
+    assert result.stopped and result.seconds > 0
+    assert result.trainable_parameters < result.total_parameters / 10
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert set(config["target_modules"]) == {"q_proj", "v_proj"} and config["r"] == 16
+    # the original itself is untouched: it still serves as the frozen base
+    assert all(torch.equal(v, before_weights[k]) for k, v in original.model.state_dict().items())
+
+
+@pytest.mark.slow
+def test_cached_teachers_give_the_same_update_as_running_them(trained):
+    original, task = trained
+    small = UnlearnTask(task.catalog, task.retain[:200], task.forget[:96], task.valid[:100])
+    stop = StopRule(max_epochs=2, max_valid_auc_drop=1.0, eval_samples=50)
+    runs = {}
+    for cache in (True, False):
+        cfg = E2URecConfig(cache_teachers=cache, lora_dropout=0.0, aug_epochs=1, stop=stop)
+        result = e2urec_unlearn(original, small, cfg, progress=False)
+        runs[cache] = predict_like(result.backbone, [small.catalog.prompt(s) for s in small.forget])
+    # fp16 storage of the cached retain teacher is the only difference
+    np.testing.assert_allclose(runs[True], runs[False], atol=2e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["neggrad", "negkl", "bad-t"])
+def test_baselines_move_forget_predictions_away(trained, method):
+    from e2urec.unlearn.baselines import FinetuneConfig, bad_teacher, neggrad, negkl
+
+    original, task = trained
+    run = {"neggrad": neggrad, "negkl": negkl, "bad-t": bad_teacher}[method]
+    cfg = FinetuneConfig(stop=StopRule(max_epochs=2, max_valid_auc_drop=0.2, eval_samples=300))
+    result = run(original, task, cfg, progress=False)
+    assert result.method == method and result.stopped
+    assert result.trainable_parameters == result.total_parameters  # all weights, as in the paper
+    assert _forget_loss(result.backbone, task) > _forget_loss(original, task)
+
+
+@pytest.mark.slow
+def test_retrain_from_a_fresh_base_never_saw_the_forget_set(trained):
+    from e2urec.unlearn.baselines import retrain
+
+    original, task = trained
+    result = retrain(
+        original, task, TrainConfig(epochs=3, lr=3e-3, patience=3), "tiny", progress=False
+    )
+    assert result.backbone.model is not original.model
+    assert _forget_loss(result.backbone, task) > _forget_loss(original, task)
