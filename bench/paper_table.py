@@ -29,6 +29,7 @@ from e2urec.evaluate import evaluate
 from e2urec.training import TrainConfig, train_llmrec
 from e2urec.unlearn import E2URecConfig, StopRule, UnlearnTask, e2urec_unlearn
 from e2urec.unlearn.baselines import FinetuneConfig, bad_teacher, neggrad, negkl, retrain
+from e2urec.unlearn.shards import sharded_unlearn
 
 # The paper's row order; methods not run in a given benchmark are left out of its table.
 ORDER = [
@@ -107,6 +108,18 @@ def run_seed(args: dict, seed: int, progress: bool) -> dict[str, dict]:
 
     stop = StopRule(max_epochs=args["unlearn_epochs"])
     methods = {
+        "sisa": lambda: sharded_unlearn(
+            original,
+            task,
+            splits.train,
+            train_cfg,
+            args["backbone"],
+            by="sample",
+            progress=progress,
+        ),
+        "receraser": lambda: sharded_unlearn(
+            original, task, splits.train, train_cfg, args["backbone"], by="user", progress=progress
+        ),
         "negkl": lambda: negkl(
             original, task, FinetuneConfig(stop=stop, seed=seed), progress=progress
         ),
@@ -227,7 +240,16 @@ def main(
     progress: bool = True,
 ):
     seeds = seeds or [0, 1, 2]
-    all_methods = ["negkl", "neggrad", "bad-t", "e2urec", "e2urec (full aug)", "e2urec (uncached)"]
+    all_methods = [
+        "sisa",
+        "receraser",
+        "negkl",
+        "neggrad",
+        "bad-t",
+        "e2urec",
+        "e2urec (full aug)",
+        "e2urec (uncached)",
+    ]
     args = {
         "format": fmt if path else "synthetic",
         "path": path,

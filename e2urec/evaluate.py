@@ -4,6 +4,7 @@ set, and whether a membership-inference attack can still spot the forget set."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -13,9 +14,12 @@ from e2urec.data.samples import Sample
 from e2urec.metrics import distribution_distance, mia_auc, sample_log_loss, utility
 from e2urec.scoring import answer_distributions
 
+if TYPE_CHECKING:
+    from e2urec.unlearn.shards import Ensemble
+
 
 def evaluate(
-    model: Backbone,
+    model: Backbone | Ensemble,
     catalog: Catalog,
     test: Sequence[Sample],
     forget: Sequence[Sample],
@@ -36,9 +40,12 @@ def evaluate(
         return torch.softmax(pair, -1)[:, 0].tolist()
 
     prompts = [catalog.prompt(s) for s in (*test, *forget, *heldout)]
-    logp = answer_distributions(
-        model, prompts, batch_size=batch_size, progress=progress, desc="evaluating"
-    )
+    if hasattr(model, "answer_log_probs"):  # an ensemble mixes its members' distributions
+        logp = model.answer_log_probs(prompts, batch_size=batch_size)
+    else:
+        logp = answer_distributions(
+            model, prompts, batch_size=batch_size, progress=progress, desc="evaluating"
+        )
     n_test, n_forget = len(test), len(forget)
     test_lp, forget_lp, held_lp = (
         logp[:n_test],

@@ -126,3 +126,42 @@ def test_retrain_from_a_fresh_base_never_saw_the_forget_set(trained):
     )
     assert result.backbone.model is not original.model
     assert _forget_loss(result.backbone, task) > _forget_loss(original, task)
+
+
+def test_shards_by_user_keep_each_user_in_one_shard():
+    from e2urec.unlearn.shards import assign_shards
+
+    ds = generate_synthetic(SyntheticConfig(users=30, items=40, ratings_per_user=15, seed=2))
+    train = make_splits(ds, SampleConfig(max_samples=None)).train
+    by_user = assign_shards(train, 4, "user", seed=0)
+    shards_of_user: dict[int, set[int]] = {}
+    for s, k in zip(train, by_user, strict=True):
+        shards_of_user.setdefault(s.user_id, set()).add(k)
+    assert all(len(v) == 1 for v in shards_of_user.values())
+    assert set(by_user) == {0, 1, 2, 3}
+    by_sample = assign_shards(train, 4, "sample", seed=0)
+    assert any(
+        len({k for s, k in zip(train, by_sample, strict=True) if s.user_id == u}) > 1
+        for u in shards_of_user
+    )
+    assert by_sample == assign_shards(train, 4, "sample", seed=0)  # seeded
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("by", ["sample", "user"])
+def test_sharded_baselines_retrain_affected_shards(trained, by):
+    from e2urec.evaluate import evaluate
+    from e2urec.unlearn.shards import sharded_unlearn
+
+    original, task = trained
+    train = task.retain + task.forget
+    result = sharded_unlearn(
+        original, task, train, TrainConfig(epochs=2, lr=3e-3), "tiny", by=by, progress=False
+    )
+    assert result.total_parameters == 4 * original.parameter_count()
+    assert result.stopped.startswith("retrained") and result.seconds > 0
+    assert sum(result.backbone.weights) == pytest.approx(1.0)
+    metrics, _ = evaluate(
+        result.backbone, task.catalog, task.valid[:100], task.forget, task.valid[:100]
+    )
+    assert metrics["forget_logloss"] > _forget_loss(original, task)

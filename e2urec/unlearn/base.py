@@ -5,12 +5,16 @@ from __future__ import annotations
 import resource
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from e2urec.backbones import Backbone
 from e2urec.data.prepared import Catalog
 from e2urec.data.samples import Sample
+
+if TYPE_CHECKING:
+    from e2urec.unlearn.shards import Ensemble
 
 
 @dataclass
@@ -32,7 +36,7 @@ class UnlearnTask:
 @dataclass
 class UnlearnResult:
     method: str
-    backbone: Backbone  # the unlearned model, ready for scoring
+    backbone: Backbone | Ensemble  # the unlearned model, ready for scoring
     seconds: float  # wall time of the unlearning step alone
     trainable_parameters: int
     total_parameters: int
