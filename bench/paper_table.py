@@ -106,7 +106,7 @@ def run_seed(args: dict, seed: int, progress: bool) -> dict[str, dict]:
     rows["original"].update({k: v for k, v in _distance(base, reference).items()})
     del gold
 
-    stop = StopRule(max_epochs=args["unlearn_epochs"])
+    stop = StopRule(max_epochs=args["unlearn_epochs"], eval_samples=args["check_samples"])
     methods = {
         "sisa": lambda: sharded_unlearn(
             original,
@@ -235,6 +235,9 @@ def main(
     lr: float = 2e-3,
     unlearn_epochs: int = 3,
     eval_samples: Annotated[int, typer.Option(help="test samples scored per model")] = 4000,
+    check_samples: Annotated[
+        int, typer.Option(help="forget/valid samples per stop-rule check")
+    ] = 1000,
     seeds: Annotated[list[int] | None, typer.Option(help="one run per seed")] = None,
     methods: Annotated[list[str] | None, typer.Option(help="subset of methods to run")] = None,
     progress: bool = True,
@@ -258,6 +261,7 @@ def main(
         "backbone": backbone,
         "epochs": epochs,
         "lr": lr,
+        "check_samples": check_samples,
         "unlearn_epochs": unlearn_epochs,
         "eval_samples": eval_samples,
         "methods": methods or all_methods,
