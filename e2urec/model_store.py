@@ -7,10 +7,7 @@ how it was trained and how well it did, so that unlearning and serving can check
 from __future__ import annotations
 
 import json
-import os
 import platform
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,6 +15,7 @@ import torch
 import transformers
 
 import e2urec
+from e2urec.atomic import atomic_folder
 from e2urec.backbones import Backbone, load_backbone
 
 MANIFEST = "e2urec.json"
@@ -28,11 +26,7 @@ def save_model(
 ) -> Path:
     """Write the model folder atomically: a crash never leaves a half-saved model at ``out``."""
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; choose another folder or pass --force")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out, overwrite=overwrite) as tmp:
         backbone.save(tmp)
         full = {
             **manifest,
@@ -59,12 +53,6 @@ def save_model(
             },
         }
         (tmp / MANIFEST).write_text(json.dumps(full, indent=2, default=str))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

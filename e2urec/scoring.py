@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -20,6 +20,38 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
 
 
 @torch.inference_mode()
+def map_answer_logits(
+    backbone: Backbone,
+    prompts: Sequence[Prompt],
+    reduce: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    batch_size: int = 64,
+    model: torch.nn.Module | None = None,
+    progress: bool = False,
+    desc: str = "scoring",
+) -> torch.Tensor:
+    """``reduce`` applied to the answer-position logits of every prompt, batched by length, in
+    eval mode; rows come back in input order, on the CPU. ``model`` defaults to the backbone's
+    (pass another of the same architecture and tokenizer, e.g. a teacher)."""
+    model = model or backbone.model
+    fmt = backbone.format
+    encoded = encode_prompts(backbone.tokenizer, fmt, prompts)
+    out = None
+    was_training = model.training
+    model.eval()
+    try:
+        batches = length_batches([len(e) for e in encoded], batch_size)
+        for idx in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
+            batch = collate(fmt, [encoded[i] for i in idx]).to(backbone.device)
+            rows = reduce(answer_logits(model, batch)).cpu()
+            if out is None:
+                out = torch.empty((len(prompts), *rows.shape[1:]), dtype=rows.dtype)
+            out[idx] = rows
+    finally:
+        model.train(was_training)
+    return out if out is not None else torch.empty(0)
+
+
 def answer_distributions(
     backbone: Backbone,
     prompts: Sequence[Prompt],
@@ -29,25 +61,16 @@ def answer_distributions(
     desc: str = "scoring",
 ) -> torch.Tensor:
     """Full-vocabulary log-probabilities at the answer position, [len(prompts), vocab], on CPU."""
-    fmt = backbone.format
-    encoded = encode_prompts(backbone.tokenizer, fmt, prompts)
-    out = None
-    was_training = backbone.model.training
-    backbone.model.eval()
-    try:
-        batches = length_batches([len(e) for e in encoded], batch_size)
-        for idx in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
-            batch = collate(fmt, [encoded[i] for i in idx]).to(backbone.device)
-            logp = torch.log_softmax(answer_logits(backbone.model, batch).float(), dim=-1).cpu()
-            if out is None:
-                out = torch.empty(len(prompts), logp.size(-1))
-            out[idx] = logp
-    finally:
-        backbone.model.train(was_training)
-    return out if out is not None else torch.empty(0, 0)
+    return map_answer_logits(
+        backbone,
+        prompts,
+        lambda logits: torch.log_softmax(logits.float(), dim=-1),
+        batch_size=batch_size,
+        progress=progress,
+        desc=desc,
+    )
 
 
-@torch.inference_mode()
 def predict_like(
     backbone: Backbone,
     prompts: Sequence[Prompt],
@@ -57,22 +80,13 @@ def predict_like(
     desc: str = "scoring",
 ) -> np.ndarray:
     """P(yes) for each prompt, in input order."""
-    fmt = backbone.format
-    encoded = encode_prompts(backbone.tokenizer, fmt, prompts)
-    scores = np.empty(len(prompts), dtype=np.float64)
-    pair = torch.tensor([fmt.yes_token, fmt.no_token], device=backbone.device)
-    was_training = backbone.model.training
-    backbone.model.eval()
-    try:
-        for idx in tqdm(
-            length_batches([len(e) for e in encoded], batch_size),
-            desc=desc,
-            disable=not progress,
-            unit="batch",
-        ):
-            batch = collate(fmt, [encoded[i] for i in idx]).to(backbone.device)
-            yes_no = answer_logits(backbone.model, batch).index_select(-1, pair).float()
-            scores[idx] = torch.softmax(yes_no, dim=-1)[:, 0].cpu().numpy()
-    finally:
-        backbone.model.train(was_training)
-    return scores
+    pair = [backbone.format.yes_token, backbone.format.no_token]
+    scores = map_answer_logits(
+        backbone,
+        prompts,
+        lambda logits: torch.softmax(logits[:, pair].float(), dim=-1)[:, 0],
+        batch_size=batch_size,
+        progress=progress,
+        desc=desc,
+    )
+    return scores.numpy().astype(np.float64)

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from e2urec.atomic import atomic_folder
 from e2urec.data.prompts import Prompt, build_prompt
 from e2urec.data.samples import Sample, SampleConfig, Splits
 from e2urec.data.schema import Dataset, Domain, Item, User
@@ -112,11 +110,7 @@ def save_prepared(
     overwrite: bool = False,
 ) -> PreparedData:
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; choose another folder or pass --force")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out, overwrite=overwrite) as tmp:
         (tmp / "catalog.json").write_text(json.dumps(_catalog_json(catalog), ensure_ascii=False))
         for name in _SPLIT_FILES:
             with (tmp / f"{name}.jsonl").open("w") as f:
@@ -139,15 +133,6 @@ def save_prepared(
             ).hexdigest(),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        for p in tmp.iterdir():
-            with p.open("rb") as f:
-                os.fsync(f.fileno())
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return PreparedData(out, catalog, splits, meta)
 
 

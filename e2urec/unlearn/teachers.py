@@ -12,32 +12,17 @@ import torch
 
 from e2urec.backbones import Backbone
 from e2urec.data.prompts import Prompt
-from e2urec.encoding import answer_logits, collate, encode_prompts
-from e2urec.scoring import length_batches
+from e2urec.scoring import map_answer_logits
 
 
-@torch.inference_mode()
 def answer_logits_all(
     backbone: Backbone, prompts: Sequence[Prompt], *, batch_size: int = 64, model=None
 ) -> torch.Tensor:
     """Raw answer-position logits [N, vocab] (float32, CPU) of ``model`` (default: the
     backbone's own)."""
-    model = model or backbone.model
-    fmt = backbone.format
-    encoded = encode_prompts(backbone.tokenizer, fmt, prompts)
-    was_training = model.training
-    model.eval()
-    out = None
-    try:
-        for idx in length_batches([len(e) for e in encoded], batch_size):
-            batch = collate(fmt, [encoded[i] for i in idx]).to(backbone.device)
-            logits = answer_logits(model, batch).float().cpu()
-            if out is None:
-                out = torch.empty(len(prompts), logits.size(-1))
-            out[idx] = logits
-    finally:
-        model.train(was_training)
-    return out
+    return map_answer_logits(
+        backbone, prompts, lambda logits: logits.float(), batch_size=batch_size, model=model
+    )
 
 
 def forced_logits(orig: torch.Tensor, aug: torch.Tensor, alpha: float) -> torch.Tensor:
