@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Install, lint, then run the whole test suite (PostgreSQL and Redis on localhost for the
-# service tests; datasets in ../shared/data are used when present and skipped otherwise).
+# Install, lint, then run the whole test suite (the datasets in ../shared/data are used when
+# present and those tests are skipped otherwise).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
