@@ -26,6 +26,7 @@ import typer
 from e2urec.backbones import load_backbone
 from e2urec.data import Catalog, SampleConfig, load_dataset, make_splits
 from e2urec.evaluate import evaluate
+from e2urec.metrics import distribution_distance
 from e2urec.training import TrainConfig, train_llmrec
 from e2urec.unlearn import E2URecConfig, StopRule, UnlearnTask, e2urec_unlearn
 from e2urec.unlearn.baselines import FinetuneConfig, bad_teacher, neggrad, negkl, retrain
@@ -103,7 +104,7 @@ def run_seed(args: dict, seed: int, progress: bool) -> dict[str, dict]:
         gold.total_parameters,
         gold.stopped,
     )
-    rows["original"].update({k: v for k, v in _distance(base, reference).items()})
+    rows["original"].update(distribution_distance(base, reference))
     del gold
 
     stop = StopRule(max_epochs=args["unlearn_epochs"], eval_samples=args["check_samples"])
@@ -156,12 +157,6 @@ def run_seed(args: dict, seed: int, progress: bool) -> dict[str, dict]:
         rows[name]["peak_memory_bytes"] = result.peak_memory_bytes
         rows[name]["history"] = result.history
     return rows
-
-
-def _distance(a, b) -> dict[str, float]:
-    from e2urec.metrics import distribution_distance
-
-    return distribution_distance(a, b)
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -243,16 +238,7 @@ def main(
     progress: bool = True,
 ):
     seeds = seeds or [0, 1, 2]
-    all_methods = [
-        "sisa",
-        "receraser",
-        "negkl",
-        "neggrad",
-        "bad-t",
-        "e2urec",
-        "e2urec (full aug)",
-        "e2urec (uncached)",
-    ]
+    all_methods = [m for m in ORDER if m not in ("original", "retrain")]
     args = {
         "format": fmt if path else "synthetic",
         "path": path,

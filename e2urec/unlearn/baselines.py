@@ -17,7 +17,13 @@ from e2urec.training import TrainConfig, train_llmrec
 from e2urec.unlearn.base import PeakMemory, UnlearnResult, UnlearnTask
 from e2urec.unlearn.loop import LoopConfig, unlearning_loop
 from e2urec.unlearn.stopping import Monitor, StopRule
-from e2urec.unlearn.teachers import LazyTeacher, answer_logits_all, soft_cross_entropy, vocab_size
+from e2urec.unlearn.teachers import (
+    LazyTeacher,
+    answer_logits_all,
+    kl_divergence,
+    soft_cross_entropy,
+    vocab_size,
+)
 
 
 @dataclass
@@ -142,10 +148,8 @@ def negkl(
 
         def step(idx, ridx):
             student_f = answer_logits(ctx.student, ctx.forget_batch(idx, labeled=False))
-            teacher = orig_f[idx].to(ctx.device)
-            kl = (teacher.exp() * (teacher - torch.log_softmax(student_f.float(), -1))).sum(-1)
             ce_r, _ = target_loss(ctx.student, ctx.retain_batch(ridx))
-            return ce_r - kl.mean()
+            return ce_r - kl_divergence(orig_f[idx].to(ctx.device), student_f)
 
         return step
 
