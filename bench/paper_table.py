@@ -59,7 +59,7 @@ def run_seed(args: dict, seed: int, progress: bool) -> dict[str, dict]:
     heldout_pool = [s for s in splits.valid if s.user_id not in splits.forget_users]
     heldout = rng.sample(heldout_pool, min(len(splits.forget), len(heldout_pool)))
     train_cfg = TrainConfig(epochs=args["epochs"], lr=args["lr"], seed=seed)
-    corpus = catalog.texts() + [catalog.prompt(s).text for s in splits.train[:3000]]
+    corpus = catalog.tokenizer_corpus(splits.train)
     original = load_backbone(args["backbone"], corpus=corpus, seed=seed)
 
     rows: dict[str, dict] = {}

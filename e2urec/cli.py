@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import random
 import time
 from pathlib import Path
 from typing import Annotated
@@ -183,10 +182,9 @@ def _train(
         raise FileExistsError(f"{out} already exists; choose another folder or pass --force")
     prepared = load_prepared(data)
     catalog, splits = prepared.catalog, prepared.splits
-    corpus = None
-    if backbone_spec in ("tiny", "tiny-t5"):
-        some = random.Random(0).sample(splits.train, min(3000, len(splits.train)))
-        corpus = catalog.texts() + [catalog.prompt(s).text for s in some]
+    corpus = (
+        catalog.tokenizer_corpus(splits.train) if backbone_spec in ("tiny", "tiny-t5") else None
+    )
     backbone = load_backbone(backbone_spec, corpus=corpus, device=device, seed=cfg.seed)
     console.print(
         f"backbone {backbone_spec}: {type(backbone.model).__name__}, "

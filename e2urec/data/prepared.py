@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -55,6 +56,14 @@ class Catalog:
         out += sorted({g for item in self.items.values() for g in item.genres})
         out += sorted({f"{u.occupation} {u.age} {u.gender}" for u in self.users.values()})
         return out
+
+    def tokenizer_corpus(
+        self, samples: list[Sample], limit: int = 3000, seed: int = 0
+    ) -> list[str]:
+        """What a catalogue-trained tokenizer learns from: every title and genre, plus the full
+        prompts of a seeded sample of (at most ``limit``) train samples for the template's text."""
+        some = samples if len(samples) <= limit else random.Random(seed).sample(samples, limit)
+        return self.texts() + [self.prompt(s).text for s in some]
 
 
 @dataclass
