@@ -37,7 +37,7 @@ def friendly_errors(fn):
             BackboneError,
             FileExistsError,
             FileNotFoundError,
-            KeyError,
+            LookupError,
             ValueError,
             RuntimeError,
         ) as exc:

@@ -204,3 +204,18 @@ def target_loss(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     # The answer token is each row's first non-ignored label.
     first = (batch.labels != -100).int().argmax(dim=1)
     return loss, logits[torch.arange(logits.size(0)), first]
+
+
+def encode_shared_prefix(
+    tokenizer, fmt: PromptFormat, prefix: str, suffixes: Sequence[str]
+) -> tuple[list[int], list[list[int]]]:
+    """One prefix and many suffixes, tokenised apart exactly as :func:`encode_prompts` does:
+    ``prefix_ids + suffix_ids[i]`` equals the full prompt's ids whenever it fits the model (if
+    not, the oldest history is dropped by the longest suffix's needs, once for all)."""
+    prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    tails = tokenizer(list(suffixes), add_special_tokens=False)["input_ids"] if suffixes else []
+    budget = fmt.max_prompt_tokens - len(fmt.start_ids) - len(fmt.end_ids) - len(fmt.cue_ids)
+    overflow = len(prefix_ids) + max(map(len, tails), default=0) - budget
+    if overflow > 0:
+        prefix_ids = prefix_ids[overflow:]
+    return [*fmt.start_ids, *prefix_ids], [[*t, *fmt.end_ids, *fmt.cue_ids] for t in tails]

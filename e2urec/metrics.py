@@ -111,3 +111,16 @@ def sample_log_loss(labels: Sequence[int], scores: Sequence[float]) -> np.ndarra
     """Per-sample binary cross-entropy of P(like): the attacker's signal."""
     y, p = np.asarray(labels, dtype=float), np.clip(np.asarray(scores, dtype=float), EPS, 1 - EPS)
     return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+
+def auc_standard_error(auc_value: float, n_positive: int, n_negative: int) -> float:
+    """Hanley & McNeil's (1982) standard error of an AUC estimated from ``n_positive`` and
+    ``n_negative`` samples: how far it could move by sampling alone."""
+    a = float(auc_value)
+    if n_positive < 1 or n_negative < 1:
+        return float("inf")
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    var = (a * (1 - a) + (n_positive - 1) * (q1 - a * a) + (n_negative - 1) * (q2 - a * a)) / (
+        n_positive * n_negative
+    )
+    return float(np.sqrt(max(var, 0.0)))

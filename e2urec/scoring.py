@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from e2urec.backbones import Backbone
 from e2urec.data.prompts import Prompt
-from e2urec.encoding import answer_logits, collate, encode_prompts
+from e2urec.encoding import PromptFormat, answer_logits, collate, encode_prompts
 
 
 def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -76,17 +76,73 @@ def predict_like(
     prompts: Sequence[Prompt],
     *,
     batch_size: int = 64,
+    model: torch.nn.Module | None = None,
     progress: bool = False,
     desc: str = "scoring",
 ) -> np.ndarray:
-    """P(yes) for each prompt, in input order."""
+    """P(yes) for each prompt, in input order (``model`` as in :func:`map_answer_logits`)."""
     pair = [backbone.format.yes_token, backbone.format.no_token]
     scores = map_answer_logits(
         backbone,
         prompts,
         lambda logits: torch.softmax(logits[:, pair].float(), dim=-1)[:, 0],
         batch_size=batch_size,
+        model=model,
         progress=progress,
         desc=desc,
     )
     return scores.numpy().astype(np.float64)
+
+
+@torch.inference_mode()
+def prefix_cached_like(
+    model: torch.nn.Module,
+    fmt: PromptFormat,
+    prefixes: Sequence[list[int]],
+    suffixes: Sequence[Sequence[list[int]]],
+    device: torch.device,
+) -> list[torch.Tensor]:
+    """P(yes) for every (prefix, suffix) pair, running each prefix once.
+
+    The prefixes (one per user) go through the model together, left-padded; their KV cache is
+    then repeated once per candidate and the suffixes (right-padded, positions continuing after
+    each prefix) are scored in one more pass. Causal models only: a seq2seq encoder reads the
+    whole prompt both ways, so it has no reusable prefix. Returns one tensor per prefix.
+    """
+    if fmt.is_seq2seq:
+        raise ValueError("prefix reuse needs a causal model; score full prompts for seq2seq")
+    counts = [len(s) for s in suffixes]
+    if not sum(counts):
+        return [torch.empty(0) for _ in suffixes]
+    p_batch = collate(fmt, prefixes).to(device)
+    out = model(
+        input_ids=p_batch.input_ids,
+        attention_mask=p_batch.attention_mask,
+        position_ids=p_batch.position_ids,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    cache = out.past_key_values
+    rows = torch.tensor([b for b, n in enumerate(counts) for _ in range(n)], device=device)
+    cache.batch_select_indices(rows)  # one copy of each user's prefix per candidate
+    flat = [s for group in suffixes for s in group]
+    width = max(map(len, flat))
+    ids = torch.full((len(flat), width), fmt.pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, seq in enumerate(flat):
+        ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    prefix_len = p_batch.attention_mask.sum(-1)[rows]
+    out = model(
+        input_ids=ids,
+        attention_mask=torch.cat([p_batch.attention_mask[rows], mask], dim=1),
+        position_ids=prefix_len[:, None] + torch.arange(width, device=device),
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=width,
+    )
+    last = mask.sum(-1) - 1  # right padding: each answer sits after its own last token
+    logits = out.logits[torch.arange(len(flat), device=device), last]
+    p_yes = torch.softmax(logits[:, [fmt.yes_token, fmt.no_token]].float(), -1)[:, 0].cpu()
+    return list(torch.split(p_yes, counts))

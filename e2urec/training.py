@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -89,8 +89,11 @@ def train_llmrec(
     config: TrainConfig | None = None,
     *,
     progress: bool = True,
+    on_step: Callable[[int, int, float], None] | None = None,
 ) -> TrainResult:
-    """Train in place; on return ``backbone.model`` holds the best weights seen on validation."""
+    """Train in place; on return ``backbone.model`` holds the best weights seen on validation.
+
+    ``on_step(step, total_steps, loss)`` is called after every optimiser step."""
     cfg = config or TrainConfig()
     if not train:
         raise ValueError("the train split is empty")
@@ -155,6 +158,8 @@ def train_llmrec(
             step += 1
             running = 0.9 * running + 0.1 * loss.item() if i > 1 else loss.item()
             bar.set_postfix(loss=f"{running:.4f}")
+            if on_step is not None:
+                on_step(step, total, running)
             if i not in eval_points:
                 continue
             scores = predict_like(backbone, valid_prompts, batch_size=cfg.eval_batch_size)

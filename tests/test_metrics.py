@@ -71,3 +71,13 @@ def test_gauc_ranks_within_each_user():
     by_user = [0.9, 0.9, 0.9, 0.1, 0.1, 0.1]
     assert auc(labels, by_user) > 0.5
     assert gauc(labels, by_user, [1, 1, 1, 2, 2, 2]) == pytest.approx(0.5)
+
+
+def test_auc_standard_error_by_hand():
+    from e2urec.metrics import auc_standard_error
+
+    # A = 0.5, 20 positives, 170 negatives: q1 = 1/3, q2 = 1/3
+    var = (0.25 + 19 * (1 / 3 - 0.25) + 169 * (1 / 3 - 0.25)) / (20 * 170)
+    assert auc_standard_error(0.5, 20, 170) == pytest.approx(var**0.5, rel=1e-9)
+    assert auc_standard_error(0.5, 2000, 2000) < auc_standard_error(0.5, 20, 20) / 9
+    assert auc_standard_error(0.7, 0, 10) == float("inf")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -19,10 +20,25 @@ from e2urec.unlearn.teachers import forced_logits, kl_divergence, soft_cross_ent
 
 
 def test_forced_logits_push_down_what_the_augmented_model_added():
-    orig = torch.tensor([[2.0, 1.0, 0.0]])
-    aug = torch.tensor([[3.0, 0.5, 0.0]])  # learned more "Yes" (token 0), less token 1
-    # orig - 2 * relu(aug - orig) = [2 - 2*1, 1 - 0, 0 - 0]
-    assert torch.equal(forced_logits(orig, aug, 2.0), torch.tensor([[0.0, 1.0, 0.0]]))
+    orig = torch.log_softmax(torch.tensor([[2.0, 1.0, 0.0]]), -1)
+    aug = torch.log_softmax(torch.tensor([[3.0, 0.5, 0.0]]), -1)  # token 0 became more likely
+    lo, la = orig[0].tolist(), aug[0].tolist()
+    # orig - 2 * relu(aug - orig), on log-probabilities, by hand
+    want = [o - 2 * max(a - o, 0.0) for o, a in zip(lo, la, strict=True)]
+    got = forced_logits(orig, aug, 2.0)[0].tolist()
+    assert got == pytest.approx(want, abs=1e-6)
+    assert la[0] > lo[0] and got[0] < lo[0]  # what rose is pushed below where it was
+    assert la[1] < lo[1] and got[1] == pytest.approx(lo[1])  # what fell is left alone
+
+
+def test_forced_logits_ignore_a_constant_shift_of_the_augmented_logits():
+    """Softmax ignores a per-row offset; a fitted model may shift every logit at once."""
+    orig = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    aug = torch.tensor([[2.5, 0.8, -0.2, -1.0]])
+    for shift in (-3.0, 0.0, 5.0):
+        torch.testing.assert_close(
+            forced_logits(orig, aug + shift, 2.0), forced_logits(orig, aug, 2.0)
+        )
 
 
 def test_e2urec_loss_matches_the_formula_by_hand():
@@ -165,3 +181,33 @@ def test_sharded_baselines_retrain_affected_shards(trained, by):
         result.backbone, task.catalog, task.valid[:100], task.forget, task.valid[:100]
     )
     assert metrics["forget_logloss"] > _forget_loss(original, task)
+
+
+def test_a_warm_started_student_begins_as_the_serving_model(trained, tmp_path):
+    """Warm start: the student's LoRA starts from the active adapter, so before any step it
+    predicts exactly what base + adapter serves (what was forgotten stays forgotten)."""
+    from peft import LoraConfig, get_peft_model
+
+    from e2urec.adapter_files import read_adapter, write_adapter
+    from e2urec.lora import attention_qv_targets
+    from e2urec.unlearn.e2urec import _student, with_adapter
+
+    original, task = trained
+    torch.manual_seed(3)
+    model = get_peft_model(
+        copy.deepcopy(original.model),
+        LoraConfig(r=16, lora_alpha=32, target_modules=attention_qv_targets(original.model)),
+    )
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)
+    write_adapter(model, tmp_path / "a", {})
+    adapter = read_adapter(tmp_path / "a")
+    prompts = [task.catalog.prompt(s) for s in task.forget[:40]]
+    serving = predict_like(with_adapter(original, adapter), prompts)
+    student = _student(original, E2URecConfig(lora_dropout=0.0), adapter).eval()
+    start = predict_like(original, prompts, model=student)
+    np.testing.assert_allclose(start, serving, atol=1e-5)
+    assert not np.allclose(serving, predict_like(original, prompts), atol=1e-3)
+    assert any(p.requires_grad for n, p in student.named_parameters() if "lora_" in n)

@@ -21,6 +21,8 @@ from e2urec.unlearn.stopping import Monitor, StopRule
 
 # (forget sample indices, retain sample indices or None during forget-only epochs) -> loss
 StepFn = Callable[[list[int], list[int] | None], torch.Tensor]
+# (epoch, batch in epoch, batches in epoch, loss) -> None: lets a caller show progress
+ProgressFn = Callable[[int, int, int, float], None]
 
 
 @dataclass
@@ -29,6 +31,9 @@ class LoopConfig:
     batch_size: int = 16
     forget_only_epochs: int = 0
     checks_per_epoch: int = 1
+    # A small forget set makes a short epoch; cycle it to at least this many steps, or a batch
+    # of three users would get two optimiser steps and nothing would move.
+    min_steps_per_epoch: int = 0
     max_grad_norm: float = 1.0
     stop: StopRule = field(default_factory=StopRule)
     seed: int = 0
@@ -48,6 +53,7 @@ def unlearning_loop(
     *,
     name: str,
     progress: bool = True,
+    on_step: ProgressFn | None = None,
 ) -> str:
     """Train ``trainable`` with ``step`` until the stop rule fires; returns why it stopped.
 
@@ -64,6 +70,8 @@ def unlearning_loop(
     for epoch in range(1, cfg.stop.max_epochs + 1):
         mixed = epoch > cfg.forget_only_epochs
         batches = bucketed_batches(forget_lengths, cfg.batch_size, rng)
+        while len(batches) < cfg.min_steps_per_epoch:
+            batches += bucketed_batches(forget_lengths, cfg.batch_size, rng)
         checks = {
             min(len(batches), math.ceil(len(batches) * k / cfg.checks_per_epoch))
             for k in range(1, cfg.checks_per_epoch + 1)
@@ -79,7 +87,11 @@ def unlearning_loop(
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             bar.set_postfix(loss=f"{loss.item():.4f}")
-            if i not in checks:
+            if on_step is not None:
+                on_step(epoch, i, len(batches), loss.item())
+            # No checks in forget-only epochs: the remembering term has not had its say yet,
+            # and a check costs as much as a tenth of an epoch.
+            if i not in checks or not mixed:
                 continue
             check = monitor.check(view)
             model.train()
@@ -89,8 +101,6 @@ def unlearning_loop(
                     f"{name} epoch {epoch} batch {i}: forget loss {check.forget_loss:.4f}, "
                     f"held-out {check.heldout_loss:.4f}, valid AUC {check.valid_auc:.4f}"
                 )
-            if not mixed:  # the remembering term has not had its say yet
-                continue
             reason = monitor.decide(check, reference_auc)
             if reason and reason.startswith("revert:"):
                 model.load_state_dict(good, strict=False)

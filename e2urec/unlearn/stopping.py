@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
 
 from e2urec.backbones import Backbone
@@ -57,11 +58,14 @@ class Monitor:
         self.valid_prompts = [catalog.prompt(s) for s in self.valid]
         self.rule = rule
         self.batch_size = batch_size
+        self.seconds = 0.0  # time spent checking, reported apart from training
 
     def check(self, backbone: Backbone) -> Check:
+        started = time.perf_counter()
         pf = predict_like(backbone, self.forget_prompts, batch_size=self.batch_size)
         pv = predict_like(backbone, self.valid_prompts, batch_size=self.batch_size)
         labels_v = [s.label for s in self.valid]
+        self.seconds += time.perf_counter() - started
         return Check(
             log_loss([s.label for s in self.forget], pf), log_loss(labels_v, pv), auc(labels_v, pv)
         )

@@ -27,7 +27,16 @@ def answer_logits_all(
 
 def forced_logits(orig: torch.Tensor, aug: torch.Tensor, alpha: float) -> torch.Tensor:
     """The forgetting teacher: push down whatever the augmented model learned beyond the original,
-    ``orig - alpha * relu(aug - orig)``."""
+    ``orig - alpha * relu(aug - orig)``, on log-probabilities.
+
+    Logits are defined only up to a per-row constant (softmax ignores it), and fitting the
+    augmented model can shift every logit at once: raw differences then fire on thousands of
+    unrelated tokens and miss the answer token whose probability actually rose. Normalising both
+    with log-softmax first makes ``aug - orig`` the change in log-probability, so the formula
+    pushes down exactly what became more likely. (With a shared offset it is the raw formula.)
+    """
+    orig = torch.log_softmax(orig.float(), dim=-1)
+    aug = torch.log_softmax(aug.float(), dim=-1)
     return orig - alpha * torch.relu(aug - orig)
 
 
