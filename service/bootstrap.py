@@ -1,0 +1,141 @@
+"""Train the base LLMRec from the database's catalogue and register it (first start, or after a
+consolidation that retrains without the forgotten users)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+from e2urec.backbones import load_backbone
+from e2urec.data import Catalog, SampleConfig, make_splits
+from e2urec.metrics import utility
+from e2urec.model_store import save_model
+from e2urec.scoring import predict_like
+from e2urec.training import TrainConfig, config_dict, train_llmrec
+from service.catalog import dataset_from_db
+from service.db.models import BaseModel
+from service.db.session import session_scope
+from service.registry import active_base, register_base
+from service.settings import Settings
+
+
+def is_audit_user(salt: bytes, user_id: int, fraction: float) -> bool:
+    """A fixed, secret-keyed fraction of users the base is never trained on. Their samples
+    from the training period are what "never seen" looks like, which the unlearning checks
+    compare the forget set against (samples from a later period differ for other reasons too).
+    Serving treats them like everyone else."""
+    digest = hmac.new(salt, f"audit:{user_id}".encode(), hashlib.sha256).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def base_sample_config(samples: int, seed: int) -> SampleConfig:
+    # Serving's base model sees every user: nobody is held out as a "forget" user.
+    return SampleConfig(max_samples=samples or None, forget_fraction=0.0, seed=seed)
+
+
+def train_base(
+    settings: Settings,
+    out: Path,
+    *,
+    backbone: str,
+    epochs: int,
+    lr: float,
+    samples: int,
+    seed: int,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+    on_step: Callable[[int, int, float], None] | None = None,
+    exclude_users: set[int] | None = None,
+) -> dict:
+    """Train on what the database holds now and save to ``out``; returns the metrics and the
+    recipe to record with the model. Quarantined users are left out, or exactly
+    ``exclude_users`` when given (a consolidation completes those users' requests after)."""
+    with session_scope(settings.db_url, write=False) as session:
+        if exclude_users is None:
+            dataset = dataset_from_db(session, include_quarantined=False)
+        else:
+            dataset = dataset_from_db(session, include_quarantined=True)
+            dataset.users = {u: p for u, p in dataset.users.items() if u not in exclude_users}
+            dataset.interactions = [
+                x for x in dataset.interactions if x.user_id not in exclude_users
+            ]
+    config = base_sample_config(samples, seed)
+    splits = make_splits(dataset, config)
+    salt = settings.salt()
+    audit = {u for u in dataset.users if is_audit_user(salt, u, settings.audit_fraction)}
+    splits.train = [s for s in splits.train if s.user_id not in audit]
+    catalog = Catalog.of(dataset)
+    corpus = catalog.tokenizer_corpus(splits.train) if backbone in ("tiny", "tiny-t5") else None
+    model = load_backbone(backbone, corpus=corpus, device=settings.device, seed=seed)
+    log(
+        f"training the base ({backbone}, {model.parameter_count():,} parameters on "
+        f"{model.device}) on {len(splits.train):,} samples"
+    )
+    train_cfg = TrainConfig(epochs=epochs, lr=lr, seed=seed)
+    started = time.perf_counter()
+    result = train_llmrec(
+        model, catalog, splits.train, splits.valid, train_cfg, progress=progress, on_step=on_step
+    )
+    metrics = {}
+    for name in ("valid", "test"):
+        part = splits.named(name)
+        scores = predict_like(model, [catalog.prompt(s) for s in part])
+        metrics[name] = utility([s.label for s in part], scores, [s.user_id for s in part])
+    recipe = {
+        "backbone": backbone,
+        "sample_config": asdict(config),
+        "train_config": config_dict(train_cfg),
+        "train_samples": len(splits.train),
+        "audit_fraction": settings.audit_fraction,
+        "audit_users": len(audit),
+        # Samples after this time were never trained on: unlearning's held-out data.
+        "train_until": max(s.timestamp for s in splits.train),
+        "users": len(dataset.users),
+        "seconds": time.perf_counter() - started,
+        "stopped": result.stopped,
+        "metrics": metrics,
+    }
+    save_model(model, out, {"kind": "e2urec-service-base", **recipe})
+    log(
+        f"trained in {recipe['seconds']:.0f}s: valid AUC {metrics['valid']['auc']:.4f}, "
+        f"test AUC {metrics['test']['auc']:.4f}"
+    )
+    return recipe
+
+
+def ensure_base_model(
+    settings: Settings,
+    *,
+    backbone: str = "tiny",
+    epochs: int = 4,
+    lr: float = 2e-3,
+    samples: int = 0,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> BaseModel:
+    """The active base model, training and registering one first if there is none."""
+    with session_scope(settings.db_url, write=False) as session:
+        base = active_base(session)
+    if base is not None and Path(base.path).is_dir():
+        return base
+    out = settings.base_model_path
+    if out.exists():
+        log(f"registering the existing base model folder {out}")
+        recipe = {}
+    else:
+        recipe = train_base(
+            settings,
+            out,
+            backbone=backbone,
+            epochs=epochs,
+            lr=lr,
+            samples=samples,
+            seed=seed,
+            log=log,
+        )
+    with session_scope(settings.db_url) as session:
+        return register_base(session, out, actor="bootstrap", metrics=recipe)

@@ -1,0 +1,265 @@
+"""``e2urec-service``: migrate the database, import a catalogue, train and register the base
+model, and run the API."""
+
+from __future__ import annotations
+
+import functools
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+app = typer.Typer(
+    help="The e2urec service: database, catalogue, base model and API.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err = Console(stderr=True)
+ROOT = Path(__file__).resolve().parents[1]
+MIGRATION_LOCK = 0x6532_6D67  # "e2mg"
+
+
+def friendly(fn):
+    """The library's one-line errors (exit code 2, never a traceback), plus a database that
+    cannot be reached."""
+    from e2urec.cli import friendly_errors
+
+    inner = friendly_errors(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from sqlalchemy.exc import OperationalError
+
+        try:
+            return inner(*args, **kwargs)
+        except OperationalError as exc:
+            err.print(
+                f"[bold red]error:[/] cannot reach the database ({escape(str(exc.orig))}); "
+                "check E2UREC_DATABASE_URL",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def migrate_database(url: str) -> None:
+    """``alembic upgrade head`` on ``url``: the only way the schema is ever created or changed.
+    On PostgreSQL it holds an advisory lock, so API containers starting together migrate one
+    after the other instead of racing."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from service.db.session import make_engine
+
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    config = Config(str(ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(ROOT / "migrations"))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            postgres = engine.dialect.name == "postgresql"
+            if postgres:
+                connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK})
+                connection.commit()
+            try:
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+                connection.commit()
+            finally:
+                if postgres:
+                    connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK})
+                    connection.commit()
+    finally:
+        engine.dispose()
+
+
+@app.command()
+@friendly
+def migrate() -> None:
+    """Create or upgrade the database schema (alembic upgrade head)."""
+    from service.settings import get_settings
+
+    url = get_settings().db_url
+    migrate_database(url)
+    console.print(f"database at {_safe(url)} is at the latest schema")
+
+
+def _safe(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+Format = Annotated[str, typer.Option("--format", help="auto, synthetic, ml-1m, ml-100k, goodbooks")]
+
+
+@app.command("import")
+@friendly
+def import_(
+    path: Annotated[
+        Path | None, typer.Option(help="dataset folder; omit for the synthetic default")
+    ] = None,
+    fmt: Format = "auto",
+    ratings_file: Annotated[str | None, typer.Option(help="ratings file inside the folder")] = None,
+    synthetic_users: int = 300,
+    synthetic_items: int = 400,
+    seed: int = 42,
+) -> None:
+    """Load a dataset's users, items and ratings into an empty database (one transaction)."""
+    from e2urec.data import SyntheticConfig, load_dataset
+    from service.db.session import session_scope
+    from service.importer import import_dataset
+    from service.settings import get_settings
+
+    settings = get_settings()
+    migrate_database(settings.db_url)
+    started = time.perf_counter()
+    dataset = load_dataset(
+        fmt if path else "synthetic",
+        path,
+        ratings_file=ratings_file,
+        synthetic=SyntheticConfig(users=synthetic_users, items=synthetic_items, seed=seed),
+    )
+    console.print(f"loaded {dataset.summary()}")
+    source = {"format": fmt, "path": str(path) if path else None, "ratings_file": ratings_file}
+    from tqdm import tqdm
+
+    bars: dict[str, tqdm] = {}
+
+    def progress(name: str, done: int, total: int) -> None:
+        bar = bars.setdefault(name, tqdm(total=total, desc=f"importing {name}", unit="row"))
+        bar.update(done - bar.n)
+
+    with session_scope(settings.db_url) as session:
+        report = import_dataset(session, dataset, source, progress=progress)
+    for bar in bars.values():
+        bar.close()
+    console.print(
+        f"imported {report.users:,} users, {report.items:,} items and "
+        f"{report.interactions:,} interactions in {time.perf_counter() - started:.1f}s"
+    )
+
+
+@app.command()
+@friendly
+def bootstrap(
+    backbone: Annotated[
+        str, typer.Option(help="tiny, tiny-t5, smollm2-135m, an HF folder or a .gguf")
+    ] = "tiny",
+    epochs: int = 4,
+    lr: float = 2e-3,
+    samples: Annotated[int, typer.Option(help="train on the last N samples (0 = all)")] = 0,
+    seed: int = 0,
+) -> None:
+    """Make the service ready on the embedded default: migrate, import the synthetic catalogue
+    if the database has none, train the base LLMRec if none is registered, register it."""
+    from service.bootstrap import ensure_base_model
+    from service.catalog import NoCatalog, catalog_info
+    from service.db.session import session_scope
+    from service.settings import get_settings
+
+    settings = get_settings()
+    migrate_database(settings.db_url)
+    with session_scope(settings.db_url, write=False) as session:
+        try:
+            info = catalog_info(session)
+        except NoCatalog:
+            info = None
+    if info is None:
+        console.print("no catalogue yet: importing the synthetic default")
+        import_.__wrapped__(None, "synthetic", None, 300, 400, 42)
+    else:
+        console.print(
+            f"catalogue: {info['name']} ({info['users']:,} users, {info['items']:,} items)"
+        )
+    base = ensure_base_model(
+        settings,
+        backbone=backbone,
+        epochs=epochs,
+        lr=lr,
+        samples=samples,
+        seed=seed,
+        log=console.print,
+    )
+    console.print(f"base model {base.id} is active: {base.path}")
+
+
+@app.command()
+@friendly
+def consolidate() -> None:
+    """Queue a consolidation: retrain the base without every forgotten or waiting user; adapters
+    then start again from empty (a worker runs it, one job at a time)."""
+    from service.db.session import session_scope
+    from service.jobs import request_consolidation
+    from service.settings import get_settings
+    from service.tasks_client import send_run_job
+
+    settings = get_settings()
+    with session_scope(settings.db_url) as session:
+        job = request_consolidation(session, actor="cli")
+        job_id = job.id
+    sent = send_run_job(settings, job_id)
+    console.print(
+        f"consolidation job {job_id} queued"
+        + ("" if sent else " (broker unreachable: the next worker tick will start it)")
+    )
+
+
+@app.command("batch-now")
+@friendly
+def batch_now() -> None:
+    """Cut a batch from every pending forget request now, without waiting for the policy."""
+    from service.db.session import session_scope
+    from service.jobs import BatchPolicy, cut_batch
+    from service.settings import get_settings
+    from service.tasks_client import send_run_job
+
+    s = get_settings()
+    with session_scope(s.db_url) as session:
+        policy = BatchPolicy(s.batch_size, s.batch_max_wait_seconds, s.batch_max_requests)
+        job = cut_batch(session, policy, force=True, actor="cli")
+        job_id = job.id if job is not None else None
+    if job_id is None:
+        console.print("no pending requests: nothing to batch")
+        return
+    send_run_job(s, job_id)
+    console.print(f"job {job_id} queued")
+
+
+@app.command("settings")
+def settings_() -> None:
+    """Print every setting (environment variable, default, meaning) as a Markdown table."""
+    from service.settings import settings_table
+
+    print(settings_table())
+
+
+@app.command()
+@friendly
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "info",
+) -> None:
+    """Run the API (one process: it owns the model)."""
+    import uvicorn
+
+    from service.main import create_app
+    from service.settings import get_settings
+
+    settings = get_settings()
+    migrate_database(settings.db_url)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, workers=1)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,388 @@
+"""The inference engine: one thread owns the model, batches requests, and swaps adapters.
+
+Requests (a user's prompt prefix and the candidates' suffixes) go through a queue. The loop takes
+the first, waits up to ``max_wait_ms`` for more until ``max_batch_rows`` candidate rows are
+gathered, scores them in one pass (with prefix reuse: each user's prefix once, its KV cache
+repeated per candidate), and answers each request's future. Model changes (a new adapter, a new
+base) travel through the same queue, so they happen between two batches: every batch, and so
+every response, is scored by exactly one version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import math
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from peft import PeftModel, get_peft_model, set_peft_model_state_dict
+
+from e2urec.adapter_files import AdapterFiles
+from e2urec.backbones import Backbone
+from e2urec.data.prompts import Prompt
+from e2urec.encoding import encode_shared_prefix
+from e2urec.scoring import predict_like, prefix_cached_like
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """What scored a response: a base model and, on top of it, an adapter (or none)."""
+
+    base: int | None
+    adapter: int | None = None
+
+    @property
+    def label(self) -> str:
+        base = f"base-{self.base}" if self.base is not None else "base"
+        return base if self.adapter is None else f"{base}/adapter-{self.adapter}"
+
+
+@dataclass
+class Scored:
+    scores: list[float]
+    version: ModelVersion
+    batch_rows: int  # rows in the model batch this request shared
+    wait_ms: float  # time from submit to the start of its batch
+
+
+@dataclass
+class SwapReport:
+    version: ModelVersion
+    seconds: float  # how long serving paused between the two batches
+    probes: int
+    max_probe_error: float
+
+
+class SwapError(RuntimeError):
+    """A new adapter failed its smoke test or could not be applied; the old one still serves."""
+
+
+@dataclass
+class _Request:
+    prefix: str
+    suffixes: list[str]
+    future: Future
+    submitted: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class _Control:
+    action: Callable[[], Any]
+    future: Future
+
+
+_STOP = object()
+
+
+class InferenceEngine:
+    def __init__(
+        self,
+        backbone: Backbone,
+        version: ModelVersion,
+        *,
+        max_batch_rows: int = 64,
+        max_wait_ms: float = 5.0,
+        prefix_reuse: bool = True,
+        batching: bool = True,
+        probe_tolerance: float = 1e-3,
+        on_batch: Callable[[int, int], None] | None = None,
+    ):
+        if max_batch_rows < 1:
+            raise ValueError("max_batch_rows must be at least 1")
+        self.backbone = backbone
+        self.version = version
+        self.max_batch_rows = max_batch_rows
+        self.max_wait = max_wait_ms / 1000
+        self.want_prefix_reuse = prefix_reuse
+        self.batching = batching
+        self.probe_tolerance = probe_tolerance
+        self.on_batch = on_batch  # (requests, rows) after each batch, for metrics
+        self._queue: queue.Queue = queue.Queue()
+        self._carry: deque[_Request] = deque()  # taken from the queue but left for next batch
+        self._thread: threading.Thread | None = None
+        self._adapter_name: str | None = None
+        for p in backbone.model.parameters():
+            p.requires_grad_(False)
+        backbone.model.eval()
+
+    @property
+    def prefix_reuse(self) -> bool:
+        # A seq2seq encoder reads the whole prompt both ways: it has no reusable prefix.
+        return self.want_prefix_reuse and not self.backbone.is_seq2seq
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> InferenceEngine:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join(timeout)
+            self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- requests --------------------------------------------------------------------------
+    def submit(self, prefix: str, suffixes: Sequence[str]) -> Future:
+        """P(like) of every suffix after ``prefix``; the future gives a :class:`Scored`."""
+        future: Future = Future()
+        if not suffixes:
+            future.set_result(Scored([], self.version, 0, 0.0))
+            return future
+        if not self.running:
+            future.set_exception(RuntimeError("the inference engine is not running"))
+            return future
+        self._queue.put(_Request(prefix, list(suffixes), future))
+        return future
+
+    async def score(self, prefix: str, suffixes: Sequence[str]) -> Scored:
+        return await asyncio.wrap_future(self.submit(prefix, suffixes))
+
+    # -- model changes (run by the loop thread, between batches) ------------------------------
+    def swap_adapter(self, adapter: AdapterFiles | None, version: ModelVersion) -> Future:
+        """Make ``adapter`` (``None``: the bare base) the serving model after a smoke test on its
+        probe prompts. The future gives a :class:`SwapReport` or raises :class:`SwapError`, in
+        which case the previous version keeps serving."""
+        return self._control(lambda: self._apply_adapter(adapter, version))
+
+    def swap_base(self, backbone: Backbone, version: ModelVersion) -> Future:
+        """Replace the whole model (after a consolidation); the old one is freed."""
+        return self._control(lambda: self._apply_base(backbone, version))
+
+    def _control(self, action: Callable[[], Any]) -> Future:
+        future: Future = Future()
+        if not self.running:  # nothing is scoring: apply right here
+            try:
+                future.set_result(action())
+            except Exception as exc:
+                future.set_exception(exc)
+            return future
+        self._queue.put(_Control(action, future))
+        return future
+
+    # -- the loop ---------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            item = self._carry.popleft() if self._carry else self._queue.get()
+            if item is _STOP:
+                self._fail_waiting()
+                return
+            if isinstance(item, _Control):
+                self._run_control(item)
+                continue
+            batch, control = self._gather(item)
+            self._score_batch(batch)
+            if control is not None:
+                self._run_control(control)
+
+    def _gather(self, first: _Request) -> tuple[list[_Request], _Control | None]:
+        batch, rows = [first], len(first.suffixes)
+        if not self.batching:
+            return batch, None
+        deadline = time.perf_counter() + self.max_wait
+        while rows < self.max_batch_rows:
+            try:
+                if self._carry:
+                    item = self._carry.popleft()
+                else:
+                    timeout = deadline - time.perf_counter()
+                    item = (
+                        self._queue.get(timeout=timeout)
+                        if timeout > 0
+                        else self._queue.get_nowait()
+                    )
+            except queue.Empty:
+                break
+            if item is _STOP or isinstance(item, _Control):
+                if item is _STOP:
+                    self._carry.appendleft(item)
+                    return batch, None
+                return batch, item
+            if rows + len(item.suffixes) > self.max_batch_rows:
+                self._carry.appendleft(item)  # first in the next batch
+                break
+            batch.append(item)
+            rows += len(item.suffixes)
+        return batch, None
+
+    def _run_control(self, control: _Control) -> None:
+        try:
+            control.future.set_result(control.action())
+        except Exception as exc:  # reported to whoever asked; serving goes on
+            control.future.set_exception(exc)
+
+    def _fail_waiting(self) -> None:
+        while True:
+            try:
+                item = self._carry.popleft() if self._carry else self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, _Request | _Control):
+                item.future.set_exception(RuntimeError("the inference engine stopped"))
+
+    def _score_batch(self, batch: list[_Request]) -> None:
+        started = time.perf_counter()
+        version = self.version  # fixed for the whole batch: swaps only happen between batches
+        rows = sum(len(r.suffixes) for r in batch)
+        try:
+            results = self._scores(batch)
+        except Exception as exc:
+            log.exception("scoring a batch of %d rows failed", rows)
+            for request in batch:
+                request.future.set_exception(exc)
+            return
+        for request, scores in zip(batch, results, strict=True):
+            wait_ms = (started - request.submitted) * 1000
+            request.future.set_result(Scored(scores, version, rows, wait_ms))
+        if self.on_batch is not None:
+            self.on_batch(len(batch), rows)
+
+    def _scores(self, batch: list[_Request]) -> list[list[float]]:
+        bb = self.backbone
+        if not self.prefix_reuse:
+            prompts = [Prompt(r.prefix, s) for r in batch for s in r.suffixes]
+            flat = predict_like(bb, prompts, batch_size=self.max_batch_rows).tolist()
+            out, start = [], 0
+            for r in batch:
+                out.append(flat[start : start + len(r.suffixes)])
+                start += len(r.suffixes)
+            return out
+        encoded = [
+            encode_shared_prefix(bb.tokenizer, bb.format, r.prefix, r.suffixes) for r in batch
+        ]
+        if len(batch) == 1 and len(batch[0].suffixes) > self.max_batch_rows:
+            # One request larger than a batch: its candidates in chunks, the prefix per chunk.
+            prefix, tails = encoded[0]
+            chunks = [
+                tails[i : i + self.max_batch_rows]
+                for i in range(0, len(tails), self.max_batch_rows)
+            ]
+            parts = prefix_cached_like(
+                bb.model, bb.format, [prefix] * len(chunks), chunks, bb.device
+            )
+            return [torch.cat(parts).tolist()]
+        parts = prefix_cached_like(
+            bb.model, bb.format, [e[0] for e in encoded], [e[1] for e in encoded], bb.device
+        )
+        return [p.tolist() for p in parts]
+
+    # -- applying changes -------------------------------------------------------------------
+    def _apply_adapter(self, adapter: AdapterFiles | None, version: ModelVersion) -> SwapReport:
+        started = time.perf_counter()
+        model = self.backbone.model
+        old_name = self._adapter_name
+        if adapter is None:
+            if isinstance(model, PeftModel):
+                self.backbone.model = model.unload()  # the base's own modules, LoRA removed
+            self._adapter_name = None
+            self.version = version
+            self._release()
+            return SwapReport(version, time.perf_counter() - started, 0, 0.0)
+
+        name = f"v{version.adapter}"
+        fresh_wrap = not isinstance(model, PeftModel)
+        try:
+            if fresh_wrap:
+                model = get_peft_model(model, adapter.config, adapter_name=name)
+            else:
+                if name in model.peft_config:  # same version again: nothing to do
+                    self.version = version
+                    return SwapReport(version, time.perf_counter() - started, 0, 0.0)
+                model.add_adapter(name, adapter.config)
+            result = set_peft_model_state_dict(model, adapter.state_dict, adapter_name=name)
+            missing = [k for k in result.missing_keys if "lora_" in k and f".{name}." in k]
+            if result.unexpected_keys or missing:
+                raise SwapError(
+                    f"adapter {version.label} does not fit this base model: "
+                    f"{len(missing)} missing and {len(result.unexpected_keys)} unexpected tensors"
+                )
+            model.set_adapter(name)
+            for p in model.parameters():
+                p.requires_grad_(False)
+            model.eval()
+            self.backbone.model = model
+            error = self._smoke_test(adapter.metadata.get("probes", []), version)
+        except Exception as exc:
+            self._undo_adapter(model, name, old_name, fresh_wrap)
+            if isinstance(exc, SwapError):
+                raise
+            raise SwapError(f"loading adapter {version.label} failed: {exc}") from exc
+        if old_name is not None and old_name != name:
+            model.delete_adapter(old_name)
+        self._adapter_name = name
+        self.version = version
+        self._release()
+        return SwapReport(
+            version, time.perf_counter() - started, len(adapter.metadata.get("probes", [])), error
+        )
+
+    def _undo_adapter(self, model, name: str, old_name: str | None, fresh_wrap: bool) -> None:
+        if not isinstance(model, PeftModel) or name not in model.peft_config:
+            return
+        if fresh_wrap:
+            self.backbone.model = model.unload()
+        else:
+            if old_name is not None:
+                model.set_adapter(old_name)
+            model.delete_adapter(name)
+            for p in model.parameters():
+                p.requires_grad_(False)
+            self.backbone.model = model
+        self._release()
+
+    def _smoke_test(self, probes: list[dict], version: ModelVersion) -> float:
+        """Score the probe prompts the worker recorded with this adapter; the scores must match
+        (same adapter on the same base) and be finite probabilities."""
+        if not probes:
+            return 0.0
+        prompts = [Prompt(p["prefix"], p["suffix"]) for p in probes]
+        got = predict_like(self.backbone, prompts, batch_size=self.max_batch_rows).tolist()
+        worst = 0.0
+        for probe, value in zip(probes, got, strict=True):
+            if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+                raise SwapError(f"adapter {version.label} gives P(like)={value} on a probe")
+            if "p_like" in probe:
+                worst = max(worst, abs(value - probe["p_like"]))
+        if worst > self.probe_tolerance:
+            raise SwapError(
+                f"adapter {version.label} failed its smoke test: probe scores differ from the "
+                f"worker's by up to {worst:.2e} (tolerance {self.probe_tolerance:.0e}); is it "
+                "trained on another base model?"
+            )
+        return worst
+
+    def _apply_base(self, backbone: Backbone, version: ModelVersion) -> SwapReport:
+        started = time.perf_counter()
+        for p in backbone.model.parameters():
+            p.requires_grad_(False)
+        backbone.model.eval()
+        self.backbone = backbone
+        self._adapter_name = None
+        self.version = version
+        self._release()
+        return SwapReport(version, time.perf_counter() - started, 0, 0.0)
+
+    def _release(self) -> None:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def adapter_parameters(self) -> int:
+        """LoRA tensors' elements currently held (flat across swaps means nothing leaks)."""
+        return sum(p.numel() for n, p in self.backbone.model.named_parameters() if "lora_" in n)

@@ -1,0 +1,138 @@
+"""Forget requests: accepting them idempotently, and every status change with its audit row."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import uuid
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service import audit
+from service.db.models import (
+    OPEN_STATUSES,
+    ForgetRequest,
+    RequestStatus,
+    User,
+    utcnow,
+)
+
+# Which status may follow which; anything else is a bug and raises.
+TRANSITIONS: dict[RequestStatus, set[RequestStatus]] = {
+    RequestStatus.pending: {RequestStatus.scheduled},
+    RequestStatus.scheduled: {RequestStatus.running, RequestStatus.pending, RequestStatus.failed},
+    RequestStatus.running: {RequestStatus.completed, RequestStatus.failed, RequestStatus.pending},
+    RequestStatus.failed: {RequestStatus.scheduled, RequestStatus.pending},
+    RequestStatus.completed: set(),
+}
+_TIME_FIELD = {
+    RequestStatus.scheduled: "scheduled_at",
+    RequestStatus.running: "started_at",
+    RequestStatus.completed: "completed_at",
+    RequestStatus.failed: "failed_at",
+}
+
+
+class UnknownUser(LookupError):
+    pass
+
+
+def user_hash(salt: bytes, external_id: str) -> str:
+    """What is kept of a user id once the data is gone: HMAC-SHA256 with a secret salt (a plain
+    hash of a small id space could be reversed by trying every id)."""
+    return hmac.new(salt, external_id.encode(), hashlib.sha256).hexdigest()
+
+
+def open_request(session: Session, user_id: int) -> ForgetRequest | None:
+    return session.scalars(
+        select(ForgetRequest).where(
+            ForgetRequest.user_id == user_id, ForgetRequest.status.in_(OPEN_STATUSES)
+        )
+    ).first()
+
+
+def request_forget(
+    session: Session, external_id: str, *, salt: bytes, actor: str
+) -> tuple[ForgetRequest, bool]:
+    """The user's open request, or a new pending one (the user quarantined in the same
+    transaction). Returns (request, created). Concurrent duplicates meet the partial unique
+    index on open requests; the loser returns the winner's request."""
+    digest = user_hash(salt, external_id)
+    user = session.scalars(select(User).where(User.external_id == external_id)).first()
+    if user is None:
+        done = session.scalars(
+            select(ForgetRequest)
+            .where(
+                ForgetRequest.user_hash == digest,
+                ForgetRequest.status == RequestStatus.completed,
+            )
+            .order_by(ForgetRequest.id.desc())
+        ).first()
+        if done is not None:  # already forgotten: the answer to a repeat is that request
+            return done, False
+        raise UnknownUser(external_id)
+    existing = open_request(session, user.id)
+    if existing is not None:
+        return existing, False
+    now = utcnow()
+    request = ForgetRequest(
+        request_id=str(uuid.uuid4()),
+        user_id=user.id,
+        user_hash=digest,
+        status=RequestStatus.pending,
+        created_at=now,
+        updated_at=now,
+    )
+    try:
+        with session.begin_nested():
+            session.add(request)
+            user.quarantined_at = user.quarantined_at or now
+            session.flush()
+    except IntegrityError:
+        winner = open_request(session, user.id)
+        if winner is None:  # not a duplicate after all: let the caller see the real error
+            raise
+        return winner, False
+    audit.record(
+        session,
+        actor=actor,
+        entity="forget_request",
+        entity_id=request.request_id,
+        action="accepted",
+        to_status=RequestStatus.pending,
+    )
+    return request, True
+
+
+def transition(
+    session: Session,
+    request: ForgetRequest,
+    to: RequestStatus,
+    *,
+    actor: str,
+    at: datetime | None = None,
+    **detail,
+) -> None:
+    """Move a request to ``to`` (checked against TRANSITIONS), stamping its time, with an
+    audit row in the same transaction."""
+    current = RequestStatus(request.status)
+    if to not in TRANSITIONS[current]:
+        raise ValueError(f"forget request {request.request_id}: {current} -> {to} is not allowed")
+    now = at or utcnow()
+    request.status = to
+    request.updated_at = now
+    if to in _TIME_FIELD:
+        setattr(request, _TIME_FIELD[to], now)
+    audit.record(
+        session,
+        actor=actor,
+        entity="forget_request",
+        entity_id=request.request_id,
+        action="status",
+        from_status=current,
+        to_status=to,
+        **detail,
+    )
