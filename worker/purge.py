@@ -1,0 +1,92 @@
+"""Deleting model files that no longer reflect every deletion, so that no rollback can bring a
+forgotten user back: every adapter but the active one, every base but the active one, and
+folders nothing in the registry names (left by a crashed attempt)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from sqlalchemy import select
+
+from service import audit
+from service.db.models import AdapterStatus, AdapterVersion, BaseModel, utcnow
+from service.db.session import session_scope
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _remove(path: str | Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def purge_superseded(settings: Settings, *, actor: str = "purge") -> list[str]:
+    """Delete superseded adapters' and bases' folders; returns what was deleted."""
+    removed: list[str] = []
+    with session_scope(settings.db_url) as session:
+        adapters = session.scalars(
+            select(AdapterVersion).where(
+                AdapterVersion.is_active.is_(False), AdapterVersion.status != AdapterStatus.purged
+            )
+        ).all()
+        for adapter in adapters:
+            _remove(adapter.path)  # files first: a failed commit leaves them gone, not kept
+            previous = adapter.status
+            adapter.status = AdapterStatus.purged
+            removed.append(adapter.path)
+            audit.record(
+                session,
+                actor=actor,
+                entity="adapter",
+                entity_id=adapter.id,
+                action="purged",
+                from_status=previous,
+                to_status=AdapterStatus.purged,
+            )
+        bases = session.scalars(
+            select(BaseModel).where(BaseModel.is_active.is_(False), BaseModel.purged_at.is_(None))
+        ).all()
+        for base in bases:
+            _remove(base.path)
+            base.purged_at = utcnow()
+            removed.append(base.path)
+            audit.record(
+                session, actor=actor, entity="base_model", entity_id=base.id, action="purged"
+            )
+    removed += purge_orphans(settings)
+    for path in removed:
+        log.info("purged %s", path)
+    return removed
+
+
+def purge_orphans(settings: Settings) -> list[str]:
+    """Folders in the registry that no live row names, older than the grace period (a crashed
+    attempt's output, or an atomic write's leftover temporary folder)."""
+    roots = [settings.adapter_dir, settings.data_dir / "models"]
+    with session_scope(settings.db_url, write=False) as session:
+        live = {
+            str(Path(p).resolve())
+            for p in session.scalars(
+                select(AdapterVersion.path).where(AdapterVersion.status != AdapterStatus.purged)
+            )
+        }
+        live |= {
+            str(Path(p).resolve())
+            for p in session.scalars(select(BaseModel.path).where(BaseModel.purged_at.is_(None)))
+        }
+    live.add(str(settings.base_model_path.resolve()))  # bootstrap's folder before registration
+    cutoff = time.time() - settings.orphan_grace_seconds
+    removed = []
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for folder in root.iterdir():
+            if not folder.is_dir() or str(folder.resolve()) in live:
+                continue
+            if folder.stat().st_mtime < cutoff:
+                _remove(folder)
+                removed.append(str(folder))
+    return removed

@@ -1,0 +1,52 @@
+"""The periodic tick: the database is the source of truth, the broker only a doorbell.
+
+Each tick cuts a batch when one is due, (re-)sends a message for every job that should be
+running but might not be (never sent, sent long ago, or its worker died and the lease ran out),
+and purges superseded model files. A crash between a commit and a send, a lost message or a
+restarted Redis costs at most one tick; duplicates are harmless because running needs a claim.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from service.db.session import session_scope
+from service.jobs import (
+    BatchPolicy,
+    cut_batch,
+    jobs_needing_a_message,
+    lock_queue,
+    mark_enqueued,
+)
+from service.settings import Settings
+from service.tasks_client import send_run_job
+from worker.purge import purge_superseded
+
+log = logging.getLogger(__name__)
+
+
+def policy(settings: Settings) -> BatchPolicy:
+    return BatchPolicy(
+        size=settings.batch_size,
+        max_wait_seconds=settings.batch_max_wait_seconds,
+        max_requests=settings.batch_max_requests,
+    )
+
+
+def reconcile(settings: Settings, *, send_all: bool = False, force_batch: bool = False) -> dict:
+    with session_scope(settings.db_url) as session:
+        job = cut_batch(session, policy(settings), force=force_batch, actor="tick")
+        cut = job.id if job is not None else None
+    with session_scope(settings.db_url) as session:
+        # Marked as sent under the queue lock, before sending: two ticks at once cannot both
+        # send; a send that fails is retried when the mark goes stale.
+        lock_queue(session)
+        ids = jobs_needing_a_message(
+            session, resend_after=0.0 if send_all else settings.resend_after_seconds
+        )
+        mark_enqueued(session, ids)
+    sent = [i for i in ids if send_run_job(settings, i)]
+    purged = purge_superseded(settings, actor="tick")
+    if cut or sent or purged:
+        log.info("tick: cut job %s, sent %s, purged %d folders", cut, sent, len(purged))
+    return {"cut": cut, "sent": sent, "purged": len(purged)}

@@ -1,0 +1,264 @@
+"""Running one job: claim it under a lease, unlearn (or consolidate), gate, publish, purge."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import asdict
+
+from sqlalchemy import select
+
+from e2urec.adapter_files import read_adapter
+from e2urec.atomic import folder_sha256
+from e2urec.model_store import load_model
+from e2urec.unlearn import E2URecConfig, StopRule, e2urec_unlearn
+from e2urec.unlearn.e2urec import with_adapter
+from service.db.models import JobKind, RequestStatus, UnlearningJob, User
+from service.db.session import session_scope
+from service.jobs import (
+    LeaseLost,
+    claim_next_job,
+    complete_without_training,
+    fail_job,
+    finish_consolidation,
+    hold_lease,
+    publish_and_complete,
+)
+from service.model_sync import publish_model_change
+from service.registry import active_adapter, active_base
+from service.settings import Settings
+from service.tasks_client import send_tick
+from worker import heartbeat
+from worker.data import build_job_data
+from worker.gate import quality_gate
+from worker.lease import Lease
+from worker.probes import make_probes
+from worker.purge import purge_superseded
+
+log = logging.getLogger(__name__)
+
+
+class GateFailed(RuntimeError):
+    def __init__(self, reason: str, metrics: dict):
+        super().__init__(reason)
+        self.metrics = metrics
+
+
+def run_next(settings: Settings, worker_name: str, hint: int | None = None) -> str:
+    """Claim the oldest runnable job (usually ``hint``) and run it; returns what happened."""
+    owner = f"{worker_name}/{os.getpid()}/{uuid.uuid4().hex[:6]}"
+    with session_scope(settings.db_url) as session:
+        job = claim_next_job(
+            session, owner, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts
+        )
+        claimed = (job.id, job.kind, job.attempts) if job is not None else None
+    if claimed is None:
+        return f"nothing to run for job {hint}: another job holds the lease, or none is queued"
+    job_id, kind, attempt = claimed
+    log.info("job %s (%s) claimed by %s, attempt %s", job_id, kind, owner, attempt)
+    _beat(settings, worker_name, job_id)
+    try:
+        with Lease(settings, job_id, owner) as lease:
+            try:
+                if kind == JobKind.consolidate:
+                    outcome = run_consolidation(settings, job_id, owner, attempt, lease)
+                else:
+                    outcome = run_unlearning(settings, job_id, owner, attempt, lease)
+            except LeaseLost:
+                raise
+            except GateFailed as exc:
+                _fail(settings, job_id, owner, f"quality gate: {exc}", exc.metrics)
+                outcome = f"job {job_id} failed the quality gate: {exc}"
+            except Exception as exc:
+                log.exception("job %s failed", job_id)
+                _fail(settings, job_id, owner, f"{type(exc).__name__}: {exc}", None)
+                outcome = f"job {job_id} failed: {exc}"
+    except LeaseLost as exc:
+        outcome = f"job {job_id}: {exc}"
+    finally:
+        _beat(settings, worker_name, None)
+    send_tick(settings, send_all=True)  # the next queued job, if any, starts now
+    log.info(outcome)
+    return outcome
+
+
+def _beat(settings: Settings, worker_name: str, job_id: int | None) -> None:
+    try:
+        heartbeat.beat(settings, worker_name, running_job_id=job_id, job_known=True)
+    except Exception as exc:
+        log.warning("heartbeat failed: %s", exc)
+
+
+def _fail(settings: Settings, job_id: int, owner: str, error: str, metrics: dict | None) -> None:
+    with session_scope(settings.db_url) as session:
+        job = hold_lease(session, job_id, owner)
+        fail_job(session, job, error, actor=owner, metrics=metrics)
+
+
+def _load_base(base):
+    actual = folder_sha256(base.path)
+    if actual != base.checksum:
+        raise RuntimeError(f"base model {base.id} at {base.path} does not match its checksum")
+    backbone, _ = load_model(base.path)
+    return backbone
+
+
+def run_unlearning(settings: Settings, job_id: int, owner: str, attempt: int, lease: Lease) -> str:
+    started = time.perf_counter()
+    lease.progress("prepare", 0, 1, None)
+    with session_scope(settings.db_url, write=False) as session:
+        job = session.get(UnlearningJob, job_id)
+        requests = [r for r in job.requests if r.status == RequestStatus.running]
+        forget_users = {r.user_id for r in requests if r.user_id is not None}
+        base = active_base(session)
+        if base is None:
+            raise RuntimeError("no base model is registered: run `e2urec-service bootstrap`")
+        active = active_adapter(session)
+        if active is not None and active.base_model_id != base.id:
+            active = None
+        waits = [(job.created_at - r.created_at).total_seconds() for r in requests]
+        data = build_job_data(session, base, forget_users, settings, seed=job_id)
+        session.expunge_all()
+    def complete_untrained(metrics: dict) -> None:
+        with session_scope(settings.db_url) as session:
+            complete_without_training(
+                session,
+                job_id,
+                owner,
+                base_model_id=base.id,
+                adapter_id=active.id if active else None,
+                metrics=metrics,
+            )
+
+    if not requests:
+        # its requests were completed elsewhere (by a consolidation): nothing left to do
+        complete_untrained({"requests": 0})
+        return f"job {job_id}: no open requests left"
+    backbone = _load_base(base)
+    init = read_adapter(active.path, active.checksum) if active is not None else None
+    metrics: dict = {
+        "requests": len(requests),
+        "forget_users": len(forget_users),
+        "forget_samples": len(data.forget),
+        "retain_samples": len(data.retain),
+        "audit_samples": len(data.audit),
+        "valid_samples": len(data.valid),
+        "warm_start_from": active.id if active else None,
+        "attempt": attempt,
+        "request_wait_seconds_max": max(waits, default=0.0),
+    }
+    if not data.forget:
+        complete_untrained(metrics)
+        return f"job {job_id}: its users had no training samples; data deleted, nothing trained"
+
+    cfg = E2URecConfig(
+        min_steps_per_epoch=settings.unlearn_min_steps,
+        stop=StopRule(
+            max_epochs=settings.unlearn_max_epochs,
+            max_valid_auc_drop=settings.gate_max_auc_drop,
+            eval_samples=500,
+        ),
+        seed=job_id,
+    )
+    folder = settings.adapter_dir / f"job-{job_id}-attempt-{attempt}"
+    if folder.exists():  # a previous run of this very attempt died after writing: not published
+        shutil.rmtree(folder)
+    result = e2urec_unlearn(
+        backbone,
+        data.task(),
+        cfg,
+        out=folder,
+        progress=False,
+        on_progress=lease.progress,
+        init_adapter=init,
+    )
+    try:
+        lease.progress("evaluate", 0, 1, None)
+        current = with_adapter(backbone, init) if init is not None else backbone
+        gate = quality_gate(
+            current, result.backbone, data.catalog, data.valid, data.forget, data.audit, settings
+        )
+        metrics |= {
+            "gate": gate.metrics,
+            "unlearn_seconds": result.seconds,
+            "stage_seconds": result.details.get("stage_seconds", {}),
+            "stopped": result.stopped,
+            "trainable_parameters": result.trainable_parameters,
+            "config": asdict(cfg),
+        }
+        if not gate.passed:
+            raise GateFailed("; ".join(gate.reasons), metrics)
+        probes = make_probes(result.backbone, data.catalog, seed=job_id)
+        lease.progress("publish", 0, 1, None)
+        metrics["job_seconds"] = time.perf_counter() - started
+        with session_scope(settings.db_url) as session:
+            published = publish_and_complete(
+                session,
+                job_id,
+                owner,
+                base_model_id=base.id,
+                parent_id=active.id if active else None,
+                path=str(folder.resolve()),
+                checksum=result.details["checksum"],
+                metrics=metrics,
+                probes=probes,
+                gate=gate.metrics,
+            )
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)  # never published: nobody may load it
+        raise
+    publish_model_change(settings, str(published.adapter_id))
+    purge_superseded(settings, actor=owner)
+    return (
+        f"job {job_id}: adapter {published.adapter_id} serving; {published.completed_requests} "
+        f"requests completed, {published.deleted_interactions} interactions deleted"
+    )
+
+
+def run_consolidation(
+    settings: Settings, job_id: int, owner: str, attempt: int, lease: Lease
+) -> str:
+    """Retrain the base on what the database holds now (forgotten users are gone, waiting ones
+    left out), activate it, and complete the requests of everyone it was trained without."""
+    from service.bootstrap import train_base
+
+    lease.progress("prepare", 0, 1, None)
+    with session_scope(settings.db_url, write=False) as session:
+        base = active_base(session)
+        excluded = set(session.scalars(select(User.id).where(User.quarantined_at.is_not(None))))
+        recipe = dict(base.metrics or {}) if base is not None else {}
+    train = recipe.get("train_config", {})
+    out = settings.data_dir / "models" / f"base-job-{job_id}-attempt-{attempt}"
+    if out.exists():
+        shutil.rmtree(out)
+    new_recipe = train_base(
+        settings,
+        out,
+        backbone=recipe.get("backbone", "tiny"),
+        epochs=train.get("epochs", 4),
+        lr=train.get("lr", 2e-3),
+        samples=(recipe.get("sample_config") or {}).get("max_samples") or 0,
+        seed=train.get("seed", 0),
+        log=log.info,
+        progress=False,
+        on_step=lambda step, total, loss: lease.progress("train", step, total, loss),
+        exclude_users=excluded,
+    )
+    lease.progress("publish", 0, 1, None)
+    try:
+        with session_scope(settings.db_url) as session:
+            base_id, published = finish_consolidation(
+                session, job_id, owner, path=out, recipe=new_recipe, excluded_users=excluded
+            )
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    publish_model_change(settings, f"base-{base_id}")
+    purge_superseded(settings, actor=owner)
+    return (
+        f"job {job_id}: base {base_id} retrained and serving; "
+        f"{published.completed_requests} requests completed by consolidation"
+    )
