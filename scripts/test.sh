@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-ruff check e2urec tests
+ruff check e2urec service worker migrations bench tests
 exec python -m pytest "$@"
