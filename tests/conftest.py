@@ -69,3 +69,11 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared datasets not found at {SHARED_DATA} (users download them)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def service_base(tmp_path_factory):
+    """A tiny base trained on a small synthetic catalogue, shared by the worker tests."""
+    from tests.worker_world import train_small_base
+
+    return train_small_base(tmp_path_factory.mktemp("trained"))

@@ -1,0 +1,307 @@
+"""The API against a real PostgreSQL: forget lifecycle, idempotency, quarantine, auth, inputs."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from service.db.models import AuditEntry, ForgetRequest, Interaction, RequestStatus, User
+from service.db.session import session_scope
+from service.forget import transition
+from service.main import create_app
+from tests.service_support import (
+    ADMIN_KEY,
+    FORGET_KEY,
+    RECOMMEND_KEY,
+    LiveServer,
+    auth,
+    make_settings,
+    postgres_database,
+    prepare_database,
+    small_dataset,
+    tiny_base_folder,
+)
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return small_dataset()
+
+
+@pytest.fixture(scope="module")
+def db(dataset, tmp_path_factory):
+    base = tiny_base_folder(dataset, tmp_path_factory.mktemp("models") / "base")
+    with postgres_database() as url:
+        prepare_database(url, dataset, base)
+        yield url
+
+
+@pytest.fixture(scope="module")
+def settings(db, tmp_path_factory):
+    return make_settings(db, tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def client(settings):
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def _users(db) -> list[str]:
+    with session_scope(db, write=False) as s:
+        return list(s.scalars(select(User.external_id).order_by(User.id)))
+
+
+# -- auth -----------------------------------------------------------------------------------
+
+
+def test_keys_and_scopes(client):
+    assert client.post("/forget/1").status_code == 401
+    r = client.post("/forget/1", headers=auth("not-a-real-key-at-all"))
+    assert r.status_code == 401 and r.json()["detail"] == "invalid API key"
+    assert r.headers["www-authenticate"] == "Bearer"
+    r = client.post("/forget/1", headers=auth(RECOMMEND_KEY))
+    assert r.status_code == 403 and "forget" in r.json()["detail"]
+    r = client.get("/recommend", params={"user_id": "1"}, headers=auth(FORGET_KEY))
+    assert r.status_code == 403 and "recommend" in r.json()["detail"]
+    assert client.get("/health").status_code == 200  # liveness needs no key
+
+
+def test_no_configured_keys_means_no_access(db, tmp_path):
+    app = create_app(make_settings(db, tmp_path, api_keys={}))
+    with TestClient(app) as c:
+        r = c.get("/recommend", params={"user_id": "1"}, headers=auth(RECOMMEND_KEY))
+    assert r.status_code == 401 and "E2UREC_API_KEYS" in r.json()["detail"]
+
+
+# -- inputs ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "fragment"),
+    [
+        ({"user_id": "1", "k": 0}, 422, "greater than or equal to 1"),
+        ({"user_id": "1", "k": 101}, 422, "at most 100"),
+        ({"user_id": "x/../y"}, 422, "pattern"),
+        ({"user_id": "1", "k": "many"}, 422, "valid integer"),
+        ({"user_id": "999999"}, 404, "unknown user"),
+        ({"user_id": "1", "candidates": "1,2,nope!"}, 422, "malformed item id"),
+        ({"user_id": "1", "candidates": "1,2,99999"}, 404, "unknown item id"),
+        ({"user_id": "1", "candidates": ",".join(map(str, range(1, 300)))}, 422, "at most 200"),
+        ({"user_id": "1", "candidates": ","}, 422, "empty"),
+    ],
+)
+def test_bad_recommend_input_gets_a_clear_4xx(client, params, status, fragment):
+    r = client.get("/recommend", params=params, headers=auth(RECOMMEND_KEY))
+    assert r.status_code == status, r.text
+    assert fragment in r.text
+
+
+def test_bad_forget_input_gets_a_clear_4xx(client):
+    r = client.post("/forget/999999", headers=auth(FORGET_KEY))
+    assert r.status_code == 404 and "unknown user" in r.json()["detail"]
+    assert client.post("/forget/a%20b", headers=auth(FORGET_KEY)).status_code == 422
+    r = client.get("/forget/requests/not-a-uuid", headers=auth(FORGET_KEY))
+    assert r.status_code == 422
+    missing = "00000000-0000-4000-8000-000000000000"
+    r = client.get(f"/forget/requests/{missing}", headers=auth(FORGET_KEY))
+    assert r.status_code == 404 and missing in r.json()["detail"]
+
+
+# -- recommendations ------------------------------------------------------------------------
+
+
+def test_recommendations_are_scored_unseen_items(client, db):
+    user = _users(db)[0]
+    r = client.get("/recommend", params={"user_id": user, "k": 5}, headers=auth(RECOMMEND_KEY))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["personalized"] and body["model_version"]["label"] == "base-1"
+    assert len(body["items"]) == 5
+    scores = [i["score"] for i in body["items"]]
+    assert scores == sorted(scores, reverse=True) and all(0 < s < 1 for s in scores)
+    with session_scope(db, write=False) as s:
+        seen = set(
+            s.scalars(select(Interaction.item_id).join(User).where(User.external_id == user))
+        )
+    assert not {int(i["item_id"]) for i in body["items"]} & seen
+    explicit = [i["item_id"] for i in body["items"][:3]][::-1]
+    r = client.get(
+        "/recommend",
+        params={"user_id": user, "k": 3, "candidates": ",".join(explicit)},
+        headers=auth(RECOMMEND_KEY),
+    )
+    again = {i["item_id"]: i["score"] for i in r.json()["items"]}
+    assert set(again) == set(explicit) and all(i["source"] == "explicit" for i in r.json()["items"])
+    for item in body["items"][:3]:  # the same model scores the same prompt the same way
+        assert again[item["item_id"]] == pytest.approx(item["score"], abs=1e-5)
+
+
+# -- forgetting -------------------------------------------------------------------------------
+
+
+def test_forget_lifecycle_is_recorded_step_by_step(client, db):
+    user = _users(db)[1]
+    r = client.post(f"/forget/{user}", headers=auth(FORGET_KEY))
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert body["status"] == "pending" and body["user_id"] == user
+    assert r.headers["location"] == body["status_url"]
+    status = client.get(body["status_url"], headers=auth(FORGET_KEY)).json()
+    assert status["status"] == "pending" and status["batch"] is None
+
+    with session_scope(db) as s:  # what the worker does (issue: the unlearning worker)
+        request = s.scalars(
+            select(ForgetRequest).where(ForgetRequest.request_id == body["request_id"])
+        ).one()
+        for step in (RequestStatus.scheduled, RequestStatus.running, RequestStatus.completed):
+            transition(s, request, step, actor="test-worker")
+        with pytest.raises(ValueError, match="not allowed"):
+            transition(s, request, RequestStatus.pending, actor="test-worker")
+    done = client.get(body["status_url"], headers=auth(FORGET_KEY)).json()
+    assert done["status"] == "completed"
+    assert done["created_at"] <= done["scheduled_at"] <= done["started_at"] <= done["completed_at"]
+    with session_scope(db, write=False) as s:
+        trail = s.execute(
+            select(AuditEntry.from_status, AuditEntry.to_status)
+            .where(AuditEntry.entity_id == body["request_id"])
+            .order_by(AuditEntry.id)
+        ).all()
+    assert trail == [
+        (None, "pending"),
+        ("pending", "scheduled"),
+        ("scheduled", "running"),
+        ("running", "completed"),
+    ]
+
+
+def test_concurrent_duplicate_requests_make_one_row(settings, db):
+    """Twenty clients ask to forget the same user at once, through a real server."""
+    user = _users(db)[2]
+    with LiveServer(create_app(settings)) as server:
+        barrier = threading.Barrier(20)
+
+        def post(_):
+            with httpx.Client(base_url=server.url, timeout=30) as c:
+                barrier.wait()
+                return c.post(f"/forget/{user}", headers=auth(FORGET_KEY))
+
+        with ThreadPoolExecutor(20) as pool:
+            responses = list(pool.map(post, range(20)))
+    assert sorted(r.status_code for r in responses) == [200] * 19 + [202]
+    assert len({r.json()["request_id"] for r in responses}) == 1
+    with session_scope(db, write=False) as s:
+        rows = s.scalar(
+            select(func.count())
+            .select_from(ForgetRequest)
+            .join(User)
+            .where(User.external_id == user)
+        )
+        accepted = s.scalar(
+            select(func.count())
+            .select_from(AuditEntry)
+            .where(
+                AuditEntry.entity_id == responses[0].json()["request_id"],
+                AuditEntry.action == "accepted",
+            )
+        )
+    assert rows == 1 and accepted == 1
+
+
+def test_quarantine_stops_using_the_history_at_once_everywhere(settings, db, dataset):
+    """After the forget request commits, the user gets non-personalised results and no other
+    user's candidates come from their ratings, in this process and in another one."""
+    # An item only the forgotten user rated: it can reach others only through that user.
+    raters: dict[int, set[int]] = {}
+    for x in dataset.interactions:
+        raters.setdefault(x.item_id, set()).add(x.user_id)
+    with session_scope(settings.db_url, write=False) as s:
+        quarantined = set(s.scalars(select(User.id).where(User.quarantined_at.is_not(None))))
+    target = next(
+        u
+        for u in sorted(dataset.users)
+        if u not in quarantined
+        and any(raters[i] == {u} for i in raters)
+        and u not in {int(x) for x in _users(db)[:3]}
+    )
+    solo_items = {str(i) for i, who in raters.items() if who == {target}}
+    other = next(
+        x.user_id
+        for x in dataset.interactions
+        if x.user_id not in quarantined | {target}
+        and {i for i, w in raters.items() if target in w} & {x.item_id}
+    )
+    params = {"user_id": str(other), "k": 60}
+    overrides = {"candidate_pool": 60}
+
+    wide = settings.model_copy(update=overrides)
+    with TestClient(create_app(wide)) as a, TestClient(create_app(wide)) as b:
+        before = a.get("/recommend", params=params, headers=auth(RECOMMEND_KEY)).json()
+        assert solo_items & {i["item_id"] for i in before["items"]}, "precondition"
+        mine = a.get("/recommend", params={"user_id": str(target)}, headers=auth(RECOMMEND_KEY))
+        assert mine.json()["personalized"] is True
+
+        assert a.post(f"/forget/{target}", headers=auth(FORGET_KEY)).status_code == 202
+
+        for c in (a, b):  # b learns of the request only from the database
+            after = c.get("/recommend", params=params, headers=auth(RECOMMEND_KEY)).json()
+            assert not solo_items & {i["item_id"] for i in after["items"]}
+            mine = c.get(
+                "/recommend", params={"user_id": str(target)}, headers=auth(RECOMMEND_KEY)
+            ).json()
+            assert mine["personalized"] is False and mine["model_version"] is None
+            assert not solo_items & {i["item_id"] for i in mine["items"]}
+
+
+def test_a_forgotten_users_repeat_request_returns_the_completed_one(client, db):
+    """Once the data is deleted only the salted hash is left; a repeat finds the request."""
+    user = _users(db)[3]
+    first = client.post(f"/forget/{user}", headers=auth(FORGET_KEY)).json()
+    with session_scope(db) as s:
+        request = s.scalars(
+            select(ForgetRequest).where(ForgetRequest.request_id == first["request_id"])
+        ).one()
+        for step in (RequestStatus.scheduled, RequestStatus.running, RequestStatus.completed):
+            transition(s, request, step, actor="test-worker")
+        s.delete(s.scalars(select(User).where(User.external_id == user)).one())
+    r = client.post(f"/forget/{user}", headers=auth(FORGET_KEY))
+    assert r.status_code == 200
+    assert r.json()["request_id"] == first["request_id"] and r.json()["user_id"] is None
+    with session_scope(db, write=False) as s:
+        assert not s.scalar(
+            select(func.count()).select_from(Interaction).where(Interaction.user_id == int(user))
+        )
+
+
+# -- operations -----------------------------------------------------------------------------
+
+
+def test_ready_and_metrics(client):
+    r = client.get("/ready")
+    assert r.status_code == 200 and r.json()["ready"] is True
+    client.get("/recommend", params={"user_id": "1"}, headers=auth(RECOMMEND_KEY))
+    text = client.get("/metrics").text
+    assert 'e2urec_http_requests_total{method="GET",route="/recommend",status="200"}' in text
+    assert "e2urec_forget_requests_open" in text
+    assert "e2urec_active_base_version 1.0" in text
+    assert "e2urec_engine_batch_rows_bucket" in text
+
+
+def test_openapi_documents_every_route_and_its_security(client):
+    spec = client.get("/openapi.json").json()
+    paths = spec["paths"]
+    for path in ("/forget/{user_id}", "/forget/requests/{request_id}", "/recommend", "/ready"):
+        assert path in paths
+    assert paths["/forget/{user_id}"]["post"]["security"] == [{"HTTPBearer": []}]
+    assert "404" in paths["/recommend"]["get"]["responses"]
+
+
+def test_admin_key_has_every_scope(client, db):
+    user = _users(db)[4]
+    r = client.get("/recommend", params={"user_id": user, "k": 2}, headers=auth(ADMIN_KEY))
+    assert r.status_code == 200

@@ -1,0 +1,145 @@
+"""The queue in PostgreSQL: batching policy, claiming under a lease, take-over, retries."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from service.db.models import (
+    ForgetRequest,
+    JobStatus,
+    RequestStatus,
+    UnlearningJob,
+    utcnow,
+)
+from service.db.session import session_scope
+from service.forget import request_forget
+from service.jobs import (
+    BatchPolicy,
+    LeaseLost,
+    claim_next_job,
+    cut_batch,
+    fail_job,
+    hold_lease,
+    jobs_needing_a_message,
+    mark_enqueued,
+    renew_lease,
+    retry_job,
+)
+from tests.service_support import postgres_database, prepare_database, small_dataset
+
+SALT = b"salt"
+
+
+@pytest.fixture
+def db():
+    with postgres_database() as url:
+        prepare_database(url, small_dataset(users=30, items=30, per_user=8), None)
+        yield url
+
+
+def _ask(url: str, *users: int) -> None:
+    with session_scope(url) as s:
+        for u in users:
+            request_forget(s, str(u), salt=SALT, actor="test")
+
+
+def _statuses(url: str) -> list[str]:
+    with session_scope(url, write=False) as s:
+        return list(s.scalars(select(ForgetRequest.status).order_by(ForgetRequest.id)))
+
+
+def test_a_batch_is_cut_at_the_size_or_the_wait(db):
+    policy = BatchPolicy(size=3, max_wait_seconds=60, max_requests=100)
+    _ask(db, 1, 2)
+    with session_scope(db) as s:
+        assert cut_batch(s, policy) is None  # two young requests: wait for more
+    with session_scope(db) as s:
+        later = utcnow() + timedelta(seconds=61)
+        job = cut_batch(s, policy, now=later)
+        assert job is not None and job.request_count == 2 and "waited" in job.reason
+    _ask(db, 3, 4, 5)
+    with session_scope(db) as s:
+        job = cut_batch(s, policy)
+        assert job.request_count == 3 and "3 requests pending" in job.reason
+    _ask(db, 6)
+    with session_scope(db) as s:
+        assert cut_batch(s, policy, force=True, actor="admin").reason == "forced by admin"
+    with session_scope(db) as s:
+        assert cut_batch(s, policy, force=True) is None  # nothing pending
+    assert _statuses(db) == ["scheduled"] * 6
+
+
+def test_one_job_runs_at_a_time_oldest_first_and_a_dead_workers_job_is_taken_over(db):
+    policy = BatchPolicy(size=1, max_wait_seconds=0, max_requests=1)
+    _ask(db, 1, 2)
+    with session_scope(db) as s:
+        first, second = cut_batch(s, policy).id, cut_batch(s, policy).id
+    with session_scope(db) as s:
+        job = claim_next_job(s, "w1", lease_seconds=30, max_attempts=2)
+        assert job.id == first and job.attempts == 1
+    with session_scope(db) as s:  # a second worker: the first holds a live lease
+        assert claim_next_job(s, "w2", lease_seconds=30, max_attempts=2) is None
+    with session_scope(db) as s:
+        assert renew_lease(s, first, "w1", 30, stage="unlearn", step=3, total=10, loss=0.5)
+        assert not renew_lease(s, first, "w2", 30)
+    with session_scope(db) as s:  # w1 dies: its lease runs out
+        s.get(UnlearningJob, first).lease_expires_at = utcnow() - timedelta(seconds=1)
+    with session_scope(db) as s:
+        job = claim_next_job(s, "w2", lease_seconds=30, max_attempts=2)
+        assert job.id == first and job.attempts == 2 and job.lease_owner == "w2"
+    with session_scope(db) as s, pytest.raises(LeaseLost):
+        hold_lease(s, first, "w1")  # w1 came back: it may not publish anything
+    with session_scope(db) as s:  # w2 dies too: two attempts are the limit
+        s.get(UnlearningJob, first).lease_expires_at = utcnow() - timedelta(seconds=1)
+    with session_scope(db) as s:
+        job = claim_next_job(s, "w3", lease_seconds=30, max_attempts=2)
+        assert job.id == second  # the first was given up, the next one runs
+    with session_scope(db, write=False) as s:
+        gave_up = s.get(UnlearningJob, first)
+        assert gave_up.status == JobStatus.failed and "gave up after 2" in gave_up.error
+        assert [r.status for r in gave_up.requests] == [RequestStatus.failed]
+
+
+def test_a_failed_job_is_retried_as_a_new_job(db):
+    _ask(db, 7, 8)
+    with session_scope(db) as s:
+        job_id = cut_batch(s, BatchPolicy(1, 0, 10)).id
+    with session_scope(db) as s:
+        job = claim_next_job(s, "w", lease_seconds=30, max_attempts=3)
+        fail_job(s, job, "quality gate: too far", actor="w", metrics={"mia": 0.9})
+    assert _statuses(db) == ["failed", "failed"]
+    with session_scope(db) as s:
+        assert cut_batch(s, BatchPolicy(1, 0, 10), force=True) is None  # failed is not pending
+    with session_scope(db) as s:
+        again = retry_job(s, job_id, actor="admin")
+        assert again.retry_of_id == job_id and again.request_count == 2
+        assert retry_job(s, job_id, actor="admin").id == again.id  # idempotent
+    assert _statuses(db) == ["scheduled", "scheduled"]
+    with session_scope(db) as s:
+        with pytest.raises(LookupError):
+            retry_job(s, 9999, actor="admin")
+        with pytest.raises(ValueError, match="only a failed job"):
+            retry_job(s, again.id, actor="admin")
+
+
+def test_which_jobs_need_a_message(db):
+    _ask(db, 9, 10)
+    with session_scope(db) as s:
+        a = cut_batch(s, BatchPolicy(1, 0, 1)).id
+        b = cut_batch(s, BatchPolicy(1, 0, 1)).id
+    with session_scope(db) as s:
+        assert jobs_needing_a_message(s) == [a, b]  # never sent (a crash after the commit)
+        mark_enqueued(s, [a, b])
+    with session_scope(db) as s:
+        assert jobs_needing_a_message(s, resend_after=30) == []  # sent just now
+        assert jobs_needing_a_message(s, now=utcnow() + timedelta(seconds=31)) == [a, b]
+    with session_scope(db) as s:
+        claim_next_job(s, "w", lease_seconds=120, max_attempts=3)
+    with session_scope(db) as s:  # a live job kicks the next one itself
+        assert jobs_needing_a_message(s, now=utcnow() + timedelta(seconds=31)) == []
+        s.get(UnlearningJob, a).lease_expires_at = utcnow() - timedelta(seconds=1)
+    with session_scope(db) as s:  # its worker died: both need a message again
+        assert jobs_needing_a_message(s, now=utcnow() + timedelta(seconds=31)) == [a, b]
