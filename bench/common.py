@@ -1,0 +1,63 @@
+"""What the benchmarks that drive a live stack share: starting the API as its own process,
+waiting for it, stopping process groups, and naming the machine in the results."""
+
+from __future__ import annotations
+
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def clean_env(**values: str) -> dict[str, str]:
+    """This environment without any E2UREC_ setting of the caller's, plus ``values``."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("E2UREC_")} | values
+
+
+def start(args: list[str], env: dict[str, str], log: Path | None = None) -> subprocess.Popen:
+    """A process in its own group (so stopping it stops its children too)."""
+    out = log.open("ab") if log else subprocess.DEVNULL
+    return subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def start_api(port: int, env: dict[str, str], log: Path | None = None) -> subprocess.Popen:
+    """``e2urec-service serve`` on ``port``, returned once ``/ready`` answers 200."""
+    cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
+    proc = start([*cmd, "--log-level", "warning"], env, log)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"the API exited with {proc.returncode}")
+        time.sleep(0.2)
+    stop(proc)
+    raise RuntimeError("the API did not become ready in 180 s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def machine() -> str:
+    device = "CUDA " + torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    return f"{platform.platform()}, {os.cpu_count()} CPUs, {device}"

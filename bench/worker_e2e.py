@@ -1,0 +1,277 @@
+"""End to end: from forget requests to the adapter that forgets them serving, for batches of
+10 and 100 users, through the real stack (API, Celery worker and beat, Redis, PostgreSQL).
+
+The base model (tiny, trained on a synthetic catalogue) is trained once into ``--work``. For each
+batch size, a fresh PostgreSQL database gets the catalogue and the base; the API, a worker and
+beat start as processes; N forget requests are sent (the batch is cut when the N-th arrives);
+the clock stops when every request is completed and ``/ready`` reports the new adapter. Writes
+``worker_e2e.json`` and ``worker_e2e.md``.
+
+    python bench/worker_e2e.py --out bench/results/worker-e2e-cpu
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import typer
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/worker_e2e.py`
+from bench.common import clean_env, machine, start, stop  # noqa: E402
+
+KEY = "bench-key-0123456789abcdef"
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+def train_once(work: Path, users: int, items: int, per_user: int, epochs: int) -> dict:
+    """The catalogue and a trained base, kept in ``work`` across runs."""
+    from e2urec.data import SyntheticConfig, generate_synthetic
+    from service.bootstrap import train_base
+    from service.cli import migrate_database
+    from service.db.session import session_scope
+    from service.importer import import_dataset
+    from service.settings import Settings
+
+    recipe_file = work / "recipe.json"
+    if recipe_file.exists():
+        return json.loads(recipe_file.read_text())
+    work.mkdir(parents=True, exist_ok=True)
+    url = f"sqlite:///{work / 'train.db'}"
+    dataset = generate_synthetic(
+        SyntheticConfig(users=users, items=items, ratings_per_user=per_user, seed=3)
+    )
+    migrate_database(url)
+    with session_scope(url) as session:
+        import_dataset(session, dataset, {"format": "synthetic"})
+    settings = Settings(data_dir=work, database_url=url, user_hash_salt="bench-salt")
+    recipe = train_base(
+        settings,
+        work / "base",
+        backbone="tiny",
+        epochs=epochs,
+        lr=3e-3,
+        samples=0,
+        seed=0,
+        log=print,
+    )
+    recipe_file.write_text(json.dumps(recipe, default=str))
+    return recipe
+
+
+def fresh_database(admin_url: str) -> str:
+    name = f"e2urec_bench_{uuid.uuid4().hex[:10]}"
+    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(admin_url: str, url: str) -> None:
+    from service.db.session import dispose_all
+
+    dispose_all()
+    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
+    engine.dispose()
+
+
+def populate(url: str, work: Path, users: int, items: int, per_user: int, recipe: dict) -> None:
+    from e2urec.data import SyntheticConfig, generate_synthetic
+    from service.cli import migrate_database
+    from service.db.session import session_scope
+    from service.importer import import_dataset
+    from service.registry import register_base
+
+    dataset = generate_synthetic(
+        SyntheticConfig(users=users, items=items, ratings_per_user=per_user, seed=3)
+    )
+    migrate_database(url)
+    with session_scope(url) as session:
+        import_dataset(session, dataset, {"format": "synthetic"})
+    with session_scope(url) as session:
+        register_base(session, work / "base", actor="bench", metrics=recipe)
+
+
+def run_batch(n: int, url: str, work: Path, redis_url: str, port: int) -> dict:
+    data_dir = work / f"run-{n}-{uuid.uuid4().hex[:6]}"
+    data_dir.mkdir()
+    private = uuid.uuid4().hex[:8]
+    env = clean_env(
+        E2UREC_DATABASE_URL=url,
+        E2UREC_DATA_DIR=str(data_dir),
+        E2UREC_REDIS_URL=redis_url,
+        E2UREC_API_KEYS=f"{KEY}:forget+recommend+admin",
+        E2UREC_USER_HASH_SALT="bench-salt",
+        E2UREC_QUEUE_UNLEARNING=f"bench.{private}.unlearning",
+        E2UREC_QUEUE_CONTROL=f"bench.{private}.control",
+        E2UREC_MODEL_CHANNEL=f"bench:{private}",
+        E2UREC_BATCH_SIZE=str(n),
+        E2UREC_TICK_SECONDS="2",
+    )
+    celery = [sys.executable, "-m", "celery", "-A", "worker.app"]
+    queues = f"bench.{private}.unlearning,bench.{private}.control"
+    procs = [
+        start(
+            [
+                sys.executable,
+                "-m",
+                "service.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            env,
+            data_dir / "api.log",
+        ),
+        start(
+            [*celery, "worker", "-Q", queues, "--concurrency", "2", "--loglevel", "INFO"],
+            env,
+            data_dir / "worker.log",
+        ),
+        start(
+            [*celery, "beat", "-s", str(data_dir / "beat"), "--loglevel", "WARNING"],
+            env,
+            data_dir / "beat.log",
+        ),
+    ]
+    base = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {KEY}"}
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the API did not become ready")
+            time.sleep(0.2)
+        client = httpx.Client(base_url=base, timeout=30, headers=headers)
+        started = time.perf_counter()
+        ids = []
+        for user in range(1, n + 1):
+            r = client.post(f"/forget/{user}")
+            r.raise_for_status()
+            ids.append(r.json()["request_id"])
+        accepted = time.perf_counter() - started
+        adapter = None
+        while adapter is None:
+            view = client.get("/admin/queue").json()
+            job = view["recent_jobs"][0] if view["recent_jobs"] else None
+            if job and job["status"] == "failed":
+                raise RuntimeError(f"the job failed: {job['error']}")
+            if job and job["status"] == "succeeded":
+                adapter = job["adapter_version"]
+            time.sleep(0.5)
+        completed = time.perf_counter() - started
+        while client.get("/ready").json()["model_version"] != f"base-1/adapter-{adapter}":
+            time.sleep(0.1)
+        serving = time.perf_counter() - started
+        statuses = {client.get(f"/forget/requests/{i}").json()["status"] for i in ids}
+        assert statuses == {"completed"}, statuses
+        job = client.get(f"/admin/jobs/{job['id']}").json()
+    finally:
+        for proc in procs:
+            stop(proc)
+    m = job["metrics"]
+    return {
+        "users": n,
+        "accept_seconds": accepted,
+        "completed_seconds": completed,
+        "serving_seconds": serving,
+        "job_seconds": job["duration_seconds"],
+        "forget_samples": m["forget_samples"],
+        "retain_samples": m["retain_samples"],
+        "stage_seconds": m["stage_seconds"],
+        "stopped": m["stopped"],
+        "gate": m["gate"],
+    }
+
+
+@app.command()
+def main(
+    out: Annotated[Path, typer.Option(help="results folder")],
+    work: Annotated[Path, typer.Option(help="scratch folder (base model kept here)")] = Path(
+        "runs/bench-worker"
+    ),
+    batches: Annotated[list[int] | None, typer.Option(help="users per batch")] = None,
+    users: int = 400,
+    items: int = 300,
+    per_user: int = 30,
+    epochs: int = 4,
+    pg: Annotated[str, typer.Option(help="PostgreSQL admin URL")] = (
+        "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+    ),
+    redis_url: str = "redis://127.0.0.1:6379/0",
+    port: int = 8766,
+) -> None:
+    sizes = batches or [10, 100]
+    recipe = train_once(work, users, items, per_user, epochs)
+    results = []
+    for n in sizes:
+        url = fresh_database(pg)
+        try:
+            populate(url, work, users, items, per_user, recipe)
+            r = run_batch(n, url, work, redis_url, port)
+        finally:
+            drop_database(pg, url)
+        results.append(r)
+        print(
+            f"{n} users: accepted in {r['accept_seconds']:.1f}s, completed after "
+            f"{r['completed_seconds']:.1f}s, adapter serving after {r['serving_seconds']:.1f}s "
+            f"(job {r['job_seconds']:.1f}s, {r['forget_samples']} forget samples)",
+            flush=True,
+        )
+    command = "python " + " ".join(sys.argv)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "worker_e2e.json").write_text(
+        json.dumps(
+            {"command": command, "recipe": recipe, "results": results}, indent=2, default=str
+        )
+    )
+    lines = [
+        f"From the first `POST /forget` to the adapter that forgets the batch serving, through "
+        f"the real stack (uvicorn API, Celery worker and beat, Redis, PostgreSQL), tiny backbone "
+        f"on the CPU. Synthetic catalogue: {users} users, {items} items, {per_user} ratings "
+        f"each; base trained {recipe.get('seconds', 0):.0f}s on {recipe.get('train_samples')} "
+        "samples.",
+        "",
+        "| users | forget samples | requests accepted | requests completed | adapter serving | "
+        "job | E2URec stages | stop | valid AUC before -> after | MIA AUC before -> after |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        g = r["gate"]
+        stages = ", ".join(f"{k} {v:.0f}s" for k, v in r["stage_seconds"].items())
+        lines.append(
+            f"| {r['users']} | {r['forget_samples']} | {r['accept_seconds']:.1f}s | "
+            f"{r['completed_seconds']:.1f}s | {r['serving_seconds']:.1f}s | "
+            f"{r['job_seconds']:.1f}s | {stages} | {r['stopped']} | "
+            f"{g['valid_auc_before']:.3f} -> {g['valid_auc_after']:.3f} | "
+            f"{g['mia_auc_before']:.3f} -> {g['mia_auc_after']:.3f} |"
+        )
+    lines += [
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {machine()}",
+    ]
+    (out / "worker_e2e.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    app()
