@@ -47,10 +47,12 @@ def postgres_database(admin_url: str | None = None) -> Iterator[str]:
     """A fresh, empty PostgreSQL database, dropped afterwards."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
+    from sqlalchemy.pool import NullPool
 
     admin_url = admin_url or PG_ADMIN_URL
     try:
-        admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        # no pool: a test may restart the server, and the drop must not reuse a dead connection
+        admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
         with admin.connect() as conn:
             name = f"e2urec_test_{uuid.uuid4().hex[:12]}"
             conn.execute(text(f'CREATE DATABASE "{name}"'))
@@ -163,15 +165,22 @@ def make_settings(url: str, data_dir: Path, **overrides):
     return Settings(**values)
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 30.0, what: str = "condition"):
-    """Poll until ``predicate()`` is truthy; fail with ``what`` after ``timeout`` seconds."""
+def wait_for(
+    predicate: Callable[[], object],
+    timeout: float = 30.0,
+    what: str = "condition",
+    explain: Callable[[], str] | None = None,
+):
+    """Poll until ``predicate()`` is truthy; fail with ``what`` (and ``explain()``, e.g. the
+    logs of the processes involved) after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+            detail = f"\n{explain()}" if explain else ""
+            pytest.fail(f"timed out after {timeout}s waiting for {what}{detail}")
         time.sleep(0.05)
 
 

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -181,7 +182,7 @@ def test_api_restarted_mid_traffic_loses_no_acknowledged_request(tmp_path, servi
     assert traffic.refused > 0  # the restart really happened under traffic
 
 
-def _private_postgres(tmp_path: Path):
+def _private_postgres(request: pytest.FixtureRequest):
     """A PostgreSQL cluster of our own (the machine's shared one is left alone)."""
     binaries = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
     runuser = shutil.which("runuser")
@@ -189,10 +190,14 @@ def _private_postgres(tmp_path: Path):
         message = "a private PostgreSQL needs its binaries and root (to run them as postgres)"
         pytest.fail(message) if REQUIRED else pytest.skip(message)
     bin_dir = Path(binaries[-1])
-    data = tmp_path / "pgdata"
+    # pytest's tmp_path sits under a root-only (0700) folder the postgres user cannot enter,
+    # so the cluster lives in a folder of its own under /tmp, removed at the end of the test
+    home = Path(tempfile.mkdtemp(prefix="e2urec-pg-"))
+    request.addfinalizer(lambda: shutil.rmtree(home, ignore_errors=True))
+    os.chmod(home, 0o755)
+    data = home / "pgdata"
     data.mkdir()
     shutil.chown(data, "postgres")
-    os.chmod(tmp_path, 0o755)
     port = free_port()
 
     def as_postgres(*args: str) -> None:
@@ -201,7 +206,7 @@ def _private_postgres(tmp_path: Path):
         )
 
     as_postgres(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
-    log = tmp_path / "pg.log"
+    log = home / "pg.log"
     log.touch()
     shutil.chown(log, "postgres")
 
@@ -222,11 +227,11 @@ def _private_postgres(tmp_path: Path):
     return port, ctl
 
 
-def test_postgres_restarted_mid_job_loses_nothing(tmp_path, service_base):
+def test_postgres_restarted_mid_job_loses_nothing(tmp_path, service_base, request):
     """The API answers 503 while the database is down and recovers after; a job running
     through the outage still completes once (its lease has slack; renewals resume)."""
     redis_url = redis_or_skip()
-    port, ctl = _private_postgres(tmp_path)
+    port, ctl = _private_postgres(request)
     admin = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
     try:
         with postgres_database(admin) as url:
@@ -320,7 +325,7 @@ def test_a_worker_restarted_gracefully_finishes_its_job_and_the_next_runs(tmp_pa
                 "the first job to be training",
             )
             second_job = batch(33)
-            first.stop()  # SIGTERM, waits for the process to exit
+            first.stop_warm(timeout=300)  # SIGTERM to the main process: finish, then exit
             assert _status(settings.db_url, first_job) == JobStatus.succeeded, first.output()
             with CeleryProcess(settings, "worker", tmp_path) as replacement:
                 wait_for(

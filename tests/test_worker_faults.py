@@ -199,7 +199,7 @@ def test_redis_restarted_mid_job_loses_nothing(service_base, tmp_path, private_r
         first = _cut(settings)
         with (
             CeleryProcess(settings, "worker", tmp_path) as worker,
-            CeleryProcess(settings, "beat", tmp_path),
+            CeleryProcess(settings, "beat", tmp_path) as beat,
         ):
             wait_for(
                 lambda: _job(settings, first).stage in ("augment", "teachers", "unlearn"),
@@ -217,6 +217,7 @@ def test_redis_restarted_mid_job_loses_nothing(service_base, tmp_path, private_r
                 ),
                 420,
                 "both jobs to complete after the restart",
+                lambda: f"worker:\n{worker.output()}\nbeat:\n{beat.output()}",
             )
         _assert_exactly_once(settings, users=4, adapters=2)
 

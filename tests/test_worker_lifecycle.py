@@ -4,6 +4,8 @@ called in-process here; the Celery delivery itself is covered by the e2e and fau
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 from pathlib import Path
 
 import pytest
@@ -48,9 +50,10 @@ def _row(settings, model, key):
 
 
 def test_a_failed_gate_keeps_the_old_model_and_a_retry_completes(service_base, tmp_path):
-    with fresh_world(
-        service_base, tmp_path, unlearn_min_steps=4, unlearn_max_epochs=2, gate_max_auc_drop=-1.0
-    ) as strict:  # no adapter can pass: AUC would have to rise by a full point
+    with fresh_world(service_base, tmp_path, unlearn_min_steps=4, unlearn_max_epochs=2) as world:
+        # no adapter can pass: AUC would have to rise by a full point. Settings refuse a negative
+        # bound from users; model_copy skips validation, which is what a test of the gate wants.
+        strict = world.model_copy(update={"gate_max_auc_drop": -1.0})
         job_id = _batch(strict, 5, 17)
         assert "quality gate" in run_next(strict, "w")
         job = _row(strict, UnlearningJob, job_id)
@@ -100,8 +103,13 @@ def test_a_second_batch_builds_on_the_first_and_the_first_adapter_is_purged(serv
 
 
 def test_consolidation_retrains_the_base_without_forgotten_users(service_base, tmp_path):
+    # A consolidation purges the superseded base's files: give it a copy, not the shared base
+    # the other tests load.
+    base_copy = tmp_path / "base-copy"
+    shutil.copytree(service_base.base, base_copy)
+    own_base = dataclasses.replace(service_base, base=base_copy)
     fast = {"unlearn_min_steps": 4, "unlearn_max_epochs": 2, "gate_mia_band": 1.0}
-    with fresh_world(service_base, tmp_path, **fast) as settings:
+    with fresh_world(own_base, tmp_path, **fast) as settings:
         _batch(settings, 5, 17)
         run_next(settings, "w")
         adapter = _row(settings, AdapterVersion, 1)

@@ -101,6 +101,19 @@ class CeleryProcess:
         if hasattr(self, "log"):
             self.log.close()
 
+    def stop_warm(self, timeout: float) -> None:
+        """SIGTERM to the main process only, as a process manager sends it: Celery's warm
+        shutdown lets the running task finish. (Signalling the whole group would kill the pool
+        children mid-task.) Falls back to a kill after ``timeout`` seconds."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if hasattr(self, "log"):
+            self.log.close()
+
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:]
 

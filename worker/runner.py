@@ -122,6 +122,7 @@ def run_unlearning(settings: Settings, job_id: int, owner: str, attempt: int, le
         waits = [(job.created_at - r.created_at).total_seconds() for r in requests]
         data = build_job_data(session, base, forget_users, settings, seed=job_id)
         session.expunge_all()
+
     def complete_untrained(metrics: dict) -> None:
         with session_scope(settings.db_url) as session:
             complete_without_training(
@@ -159,7 +160,7 @@ def run_unlearning(settings: Settings, job_id: int, owner: str, attempt: int, le
         stop=StopRule(
             max_epochs=settings.unlearn_max_epochs,
             max_valid_auc_drop=settings.gate_max_auc_drop,
-            eval_samples=500,
+            eval_samples=settings.valid_samples,  # all of them: the gate's samples
         ),
         seed=job_id,
     )

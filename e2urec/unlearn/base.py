@@ -25,6 +25,10 @@ class UnlearnTask:
     retain: list[Sample]
     forget: list[Sample]
     valid: list[Sample]  # held-out data for the stopping rule (never the test split)
+    # Held-out data whose loss level the forget set should reach, when it is not ``valid``: a
+    # deployment compares with never-trained users of the same period, and keeps ``valid`` (a
+    # later period) for the utility bound its quality gate also checks.
+    heldout: list[Sample] | None = None
 
     def __post_init__(self) -> None:
         if not self.forget:

@@ -50,12 +50,19 @@ class Monitor:
         rule: StopRule,
         seed: int,
         batch_size: int = 128,
+        heldout: list[Sample] | None = None,
     ):
+        """``valid`` judges utility (AUC); ``heldout`` (default: ``valid``) sets the loss level
+        the forget set should reach."""
         rng = random.Random(seed)
         self.forget = rng.sample(forget, min(rule.eval_samples, len(forget)))
         self.valid = rng.sample(valid, min(rule.eval_samples, len(valid)))
+        self.heldout = (
+            rng.sample(heldout, min(rule.eval_samples, len(heldout))) if heldout else None
+        )
         self.forget_prompts = [catalog.prompt(s) for s in self.forget]
         self.valid_prompts = [catalog.prompt(s) for s in self.valid]
+        self.heldout_prompts = [catalog.prompt(s) for s in self.heldout or []]
         self.rule = rule
         self.batch_size = batch_size
         self.seconds = 0.0  # time spent checking, reported apart from training
@@ -65,10 +72,12 @@ class Monitor:
         pf = predict_like(backbone, self.forget_prompts, batch_size=self.batch_size)
         pv = predict_like(backbone, self.valid_prompts, batch_size=self.batch_size)
         labels_v = [s.label for s in self.valid]
+        level = log_loss(labels_v, pv)
+        if self.heldout:
+            ph = predict_like(backbone, self.heldout_prompts, batch_size=self.batch_size)
+            level = log_loss([s.label for s in self.heldout], ph)
         self.seconds += time.perf_counter() - started
-        return Check(
-            log_loss([s.label for s in self.forget], pf), log_loss(labels_v, pv), auc(labels_v, pv)
-        )
+        return Check(log_loss([s.label for s in self.forget], pf), level, auc(labels_v, pv))
 
     def decide(self, check: Check, reference_auc: float) -> str | None:
         """None to go on; otherwise why to stop (prefixed "revert:" when the last step hurt)."""
