@@ -287,6 +287,9 @@ def main(
     seeds: Annotated[list[int] | None, typer.Option(help="one run per seed")] = None,
     methods: Annotated[list[str] | None, typer.Option(help="subset of methods to run")] = None,
     progress: bool = True,
+    resume: Annotated[
+        bool, typer.Option(help="keep the seeds already in OUT/results.json and run the rest")
+    ] = False,
 ):
     seeds = seeds or [0, 1, 2]
     # The uncached variant differs only in speed: bench/teacher_cache.py measures that alone.
@@ -307,8 +310,21 @@ def main(
     }
     out.mkdir(parents=True, exist_ok=True)
     results: dict[int, dict[str, dict]] = {}
-    command = "python " + " ".join(sys.argv)
+    command = "python " + " ".join(a for a in sys.argv if a != "--resume")
+    saved = out / "results.json"
+    if resume and saved.is_file():
+        previous = json.loads(saved.read_text())
+        if previous["args"] != {k: str(v) for k, v in args.items()}:
+            raise typer.BadParameter(
+                f"{saved} was made with other settings ({previous['args']}); "
+                "use the same options or another --out",
+                param_hint="--resume",
+            )
+        results = {int(s): r for s, r in previous["results"].items() if int(s) in seeds}
+        print(f"resuming: seeds {sorted(results)} already done", flush=True)
     for seed in seeds:
+        if seed in results:
+            continue
         started = time.perf_counter()
         results[seed] = run_seed(args, seed, progress)
         print(f"seed {seed} done in {time.perf_counter() - started:.0f}s", flush=True)
