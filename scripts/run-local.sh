@@ -50,6 +50,8 @@ export E2UREC_BATCH_SIZE=${E2UREC_BATCH_SIZE:-1}
 export E2UREC_TICK_SECONDS=${E2UREC_TICK_SECONDS:-5}
 
 e2urec-service bootstrap
+# A user the base trained on, for the example commands: forgetting them trains an adapter.
+DEMO_USER=$(e2urec-service trained-users --limit 1)
 
 pids=()
 cleanup() {
@@ -87,8 +89,9 @@ e2urec is running (Ctrl-C stops it):
 
 Try it:
   export KEY=$E2UREC_CLIENT_KEY
-  curl -H "Authorization: Bearer \$KEY" "http://127.0.0.1:$PORT/recommend?user_id=9&k=5"
-  curl -X POST -H "Authorization: Bearer \$KEY" http://127.0.0.1:$PORT/forget/9
+  export USER_ID=$DEMO_USER   # a user the base trained on (e2urec-service trained-users)
+  curl -H "Authorization: Bearer \$KEY" "http://127.0.0.1:$PORT/recommend?user_id=\$USER_ID&k=5"
+  curl -X POST -H "Authorization: Bearer \$KEY" http://127.0.0.1:$PORT/forget/\$USER_ID
   curl -H "Authorization: Bearer \$KEY" http://127.0.0.1:$PORT/forget/requests/<request_id>
 EOF
 wait -n "${pids[@]}"

@@ -10,6 +10,9 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
 from e2urec.backbones import load_backbone
 from e2urec.data import Catalog, SampleConfig, make_splits
 from e2urec.metrics import utility
@@ -17,7 +20,7 @@ from e2urec.model_store import save_model
 from e2urec.scoring import predict_like
 from e2urec.training import TrainConfig, config_dict, train_llmrec
 from service.catalog import dataset_from_db
-from service.db.models import BaseModel
+from service.db.models import BaseModel, Interaction, User
 from service.db.session import session_scope
 from service.registry import active_base, register_base
 from service.settings import Settings
@@ -30,6 +33,36 @@ def is_audit_user(salt: bytes, user_id: int, fraction: float) -> bool:
     Serving treats them like everyone else."""
     digest = hmac.new(salt, f"audit:{user_id}".encode(), hashlib.sha256).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def trained_users(session: Session, settings: Settings, limit: int = 5) -> list[str]:
+    """External ids of users the active base trained on, most interactions first: users whose
+    forget request makes the worker actually unlearn something. (Audit users, users who joined
+    after the training window, and users already forgotten or waiting have nothing to unlearn:
+    their requests complete by deleting data alone.)"""
+    base = active_base(session)
+    if base is None:
+        raise ValueError("no base model is registered: run `e2urec-service bootstrap` first")
+    metrics = base.metrics or {}
+    until = metrics.get("train_until")
+    query = (
+        select(User.id, User.external_id, func.count(Interaction.id).label("n"))
+        .join(Interaction, Interaction.user_id == User.id)
+        .where(User.quarantined_at.is_(None))
+        .group_by(User.id, User.external_id)
+        .order_by(func.count(Interaction.id).desc(), User.id)
+    )
+    if until is not None:
+        query = query.where(Interaction.ts <= until)
+    fraction = metrics.get("audit_fraction", 0.0)
+    salt = settings.salt()
+    picked = []
+    for user_id, external_id, _ in session.execute(query):
+        if not is_audit_user(salt, user_id, fraction):
+            picked.append(external_id)
+            if len(picked) == limit:
+                break
+    return picked
 
 
 def base_sample_config(samples: int, seed: int) -> SampleConfig:

@@ -193,6 +193,24 @@ def bootstrap(
     console.print(f"base model {base.id} is active: {base.path}")
 
 
+@app.command("trained-users")
+@friendly
+def trained_users_(
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="how many to print")] = 5,
+) -> None:
+    """Print ids of users the active base trained on (most ratings first), one per line: the
+    users whose forget request really trains an adapter. Others (audit users, users newer than
+    the training window) complete by deleting their data alone."""
+    from service.bootstrap import trained_users
+    from service.db.session import session_scope
+    from service.settings import get_settings
+
+    settings = get_settings()
+    with session_scope(settings.db_url, write=False) as session:
+        for user in trained_users(session, settings, limit):
+            print(user)
+
+
 @app.command()
 @friendly
 def consolidate() -> None:

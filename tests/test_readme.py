@@ -31,6 +31,7 @@ def test_the_service_commands_the_readme_names_exist():
         "consolidate",
         "batch-now",
         "settings",
+        "trained-users",
     ):
         assert f"e2urec-service {command}" in README, command
         assert runner.invoke(app, [command, "--help"]).exit_code == 0, command

@@ -138,3 +138,24 @@ def test_consolidation_retrains_the_base_without_forgotten_users(service_base, t
             assert ready["model_version"] == "base-2"  # adapters restart from empty
             view = client.get("/admin/queue", headers=auth(ADMIN_KEY)).json()
             assert view["active_base"] == 2 and view["active_adapter"] is None
+
+
+def test_trained_users_are_the_ones_whose_request_trains_an_adapter(service_base, tmp_path):
+    """`e2urec-service trained-users` (the README's example user) names users with samples in
+    the base's training window, never audit users, and drops a user once they ask to be
+    forgotten."""
+    from service.bootstrap import is_audit_user, trained_users
+
+    with fresh_world(service_base, tmp_path) as settings:
+        with session_scope(settings.db_url, write=False) as s:
+            users = trained_users(s, settings, limit=5)
+        assert len(users) == 5
+        ids = {int(u) for u in users}
+        trained = {s.user_id for s in service_base.samples(ids, trained=True)}
+        assert trained == ids  # every one has samples the base trained on
+        fraction = service_base.recipe["audit_fraction"]
+        assert not any(is_audit_user(settings.salt(), u, fraction) for u in ids)
+        with session_scope(settings.db_url) as s:
+            request_forget(s, users[0], salt=settings.salt(), actor="test")
+        with session_scope(settings.db_url, write=False) as s:
+            assert users[0] not in trained_users(s, settings, limit=50)
