@@ -46,6 +46,20 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000 if ordered else 0.0
 
 
+def summary(lat: list[float], failed: list[str], elapsed: float, concurrency: int, **extra) -> dict:
+    """One phase's numbers: successes, failures (the first few kept), rate and latencies."""
+    return {
+        "requests": len(lat),
+        "failed": len(failed),
+        "failures": failed[:5],
+        "rps": len(lat) / elapsed,
+        "p50_ms": pct(lat, 0.5),
+        "p99_ms": pct(lat, 0.99),
+        "concurrency": concurrency,
+        **extra,
+    }
+
+
 async def recommend_load(url: str, users: int, concurrency: int, seconds: float) -> dict:
     lat: list[float] = []
     failed: list[str] = []
@@ -78,16 +92,7 @@ async def recommend_load(url: str, users: int, concurrency: int, seconds: float)
         started = time.perf_counter()
         await asyncio.gather(*(client(c, k) for k in range(concurrency)))
         elapsed = time.perf_counter() - started
-    return {
-        "requests": len(lat),
-        "failed": len(failed),
-        "failures": failed[:5],
-        "rps": len(lat) / elapsed,
-        "p50_ms": pct(lat, 0.5),
-        "p99_ms": pct(lat, 0.99),
-        "versions": sorted(versions),
-        "concurrency": concurrency,
-    }
+    return summary(lat, failed, elapsed, concurrency, versions=sorted(versions))
 
 
 async def forget_load(
@@ -128,16 +133,7 @@ async def forget_load(
         started = time.perf_counter()
         await asyncio.gather(*(client(c) for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
-    return {
-        "requests": len(lat),
-        "failed": len(failed),
-        "failures": failed[:5],
-        "rps": len(lat) / elapsed,
-        "p50_ms": pct(lat, 0.5),
-        "p99_ms": pct(lat, 0.99),
-        "concurrency": concurrency,
-        "repeats": repeats,
-    }
+    return summary(lat, failed, elapsed, concurrency, repeats=repeats)
 
 
 def swapper(settings, versions: list[int], every: float, stop: threading.Event, log: list):

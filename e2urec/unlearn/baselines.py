@@ -71,15 +71,7 @@ def _finetune(
     with PeakMemory(original.device) as memory:
         started = time.perf_counter()
         catalog, tok, fmt = task.catalog, original.tokenizer, original.format
-        monitor = Monitor(
-            catalog,
-            task.forget,
-            task.valid,
-            cfg.stop,
-            cfg.seed,
-            cfg.eval_batch_size,
-            heldout=task.heldout,
-        )
+        monitor = Monitor.for_task(task, cfg.stop, cfg.seed, cfg.eval_batch_size)
         reference = monitor.check(original)
         history.append({"epoch": 0, **reference.as_dict()})
         student = copy.deepcopy(original.model)

@@ -203,15 +203,7 @@ def e2urec_unlearn(
     stages: dict[str, float] = {}
     with PeakMemory(device) as memory:
         started = time.perf_counter()
-        monitor = Monitor(
-            catalog,
-            task.forget,
-            task.valid,
-            cfg.stop,
-            cfg.seed,
-            cfg.eval_batch_size,
-            heldout=task.heldout,
-        )
+        monitor = Monitor.for_task(task, cfg.stop, cfg.seed, cfg.eval_batch_size)
         reference = monitor.check(original)
         history.append({"epoch": 0, **reference.as_dict()})
         stages["reference_check"] = time.perf_counter() - started

@@ -5,12 +5,16 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from e2urec.backbones import Backbone
 from e2urec.data.prepared import Catalog
 from e2urec.data.samples import Sample
 from e2urec.metrics import auc, log_loss
 from e2urec.scoring import predict_like
+
+if TYPE_CHECKING:
+    from e2urec.unlearn.base import UnlearnTask
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,13 @@ class Monitor:
         self.rule = rule
         self.batch_size = batch_size
         self.seconds = 0.0  # time spent checking, reported apart from training
+
+    @classmethod
+    def for_task(cls, task: UnlearnTask, rule: StopRule, seed: int, batch_size: int) -> Monitor:
+        """The checks every unlearning method runs on its task (one place to say which parts)."""
+        return cls(
+            task.catalog, task.forget, task.valid, rule, seed, batch_size, heldout=task.heldout
+        )
 
     def check(self, backbone: Backbone) -> Check:
         started = time.perf_counter()
