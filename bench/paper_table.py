@@ -43,6 +43,7 @@ ORDER = [
     "bad-t",
     "e2urec",
     "e2urec (full aug)",
+    "e2urec (w 0.3)",
     "e2urec (uncached)",
 ]
 
@@ -139,6 +140,11 @@ def run_seed(args: dict, seed: int, progress: bool) -> dict[str, dict]:
         ),
         "e2urec (full aug)": lambda: e2urec_unlearn(
             original, task, E2URecConfig(stop=stop, seed=seed, aug_mode="full"), progress=progress
+        ),
+        # An ablation, not the paper's setting: more weight on forgetting (w is the weight of
+        # the remembering terms), for when the paper's w leaves the forget set remembered.
+        "e2urec (w 0.3)": lambda: e2urec_unlearn(
+            original, task, E2URecConfig(stop=stop, seed=seed, w=0.3), progress=progress
         ),
         "e2urec (uncached)": lambda: e2urec_unlearn(
             original,

@@ -90,10 +90,13 @@ def train_llmrec(
     *,
     progress: bool = True,
     on_step: Callable[[int, int, float], None] | None = None,
+    until: Callable[[Backbone], str | None] | None = None,
 ) -> TrainResult:
     """Train in place; on return ``backbone.model`` holds the best weights seen on validation.
 
-    ``on_step(step, total_steps, loss)`` is called after every optimiser step."""
+    ``on_step(step, total_steps, loss)`` is called after every optimiser step. ``until(backbone)``
+    is called after every epoch, the model in eval mode; a reason it returns ends training
+    (e.g. a model fitted to a forget set until it has learned enough of it)."""
     cfg = config or TrainConfig()
     if not train:
         raise ValueError("the train split is empty")
@@ -190,6 +193,13 @@ def train_llmrec(
         bar.close()
         if result.stopped:
             break
+        if until is not None:
+            model.eval()
+            reason = until(backbone)
+            model.train()
+            if reason:
+                result.stopped = reason
+                break
     result.stopped = result.stopped or f"completed {cfg.epochs} epoch(s)"
     if best_state is not None:
         model.load_state_dict(best_state, strict=False)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -118,6 +119,24 @@ def test_early_stopping_records_why(small):
     result = train_llmrec(backbone, catalog, splits.train[:256], splits.valid, cfg, progress=False)
     assert result.stopped.startswith("early stop: valid loss did not improve")
     assert len(result.history) == 2  # stopped at the first evaluation without improvement
+
+
+def test_until_ends_training_after_the_epoch_it_names(small):
+    catalog, splits, corpus = small
+    backbone = load_backbone("tiny", corpus=corpus, device="cpu")
+    seen: list[bool] = []
+
+    def until(model) -> str | None:
+        seen.append(model.model.training)
+        return "fitted enough" if len(seen) == 2 else None
+
+    cfg = TrainConfig(epochs=5, batch_size=64)
+    steps_per_epoch = math.ceil(128 / cfg.batch_size)
+    train = splits.train[:128]
+    result = train_llmrec(backbone, catalog, train, [], cfg, progress=False, until=until)
+    assert result.stopped == "fitted enough"
+    assert result.steps == 2 * steps_per_epoch  # two epochs of five, then it stopped
+    assert seen == [False, False]  # judged in eval mode (no dropout)
 
 
 def test_lora_then_merge_leaves_a_plain_model(small):

@@ -103,6 +103,10 @@ def test_e2urec_forgets_and_saves_an_adapter(trained, tmp_path: Path):
     result = e2urec_unlearn(original, task, cfg, out=tmp_path / "adapter", progress=False)
     after = _forget_loss(result.backbone, task)
     assert after > before, (before, after, result.history)  # forget samples look less familiar
+    # the forgetting teacher came from a model that learned the forget set beyond the original
+    aug = result.details["augment"]
+    assert aug["target_forget_loss"] <= result.history[0]["forget_loss"] - cfg.aug_min_drop
+    assert aug["forget_losses"][-1] <= aug["target_forget_loss"], aug
     assert result.stopped and result.seconds > 0
     assert result.trainable_parameters < result.total_parameters / 10
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()

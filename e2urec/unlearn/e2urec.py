@@ -26,10 +26,11 @@ from e2urec.adapter_files import AdapterFiles, write_adapter
 from e2urec.backbones import Backbone
 from e2urec.encoding import answer_logits, collate, encode_prompts, target_loss
 from e2urec.lora import attention_qv_targets
+from e2urec.metrics import log_loss
 from e2urec.training import TrainConfig, train_llmrec
 from e2urec.unlearn.base import PeakMemory, UnlearnResult, UnlearnTask
 from e2urec.unlearn.loop import LoopConfig, unlearning_loop
-from e2urec.unlearn.stopping import Monitor, StopRule
+from e2urec.unlearn.stopping import Check, Monitor, StopRule
 from e2urec.unlearn.teachers import (
     LazyTeacher,
     answer_logits_all,
@@ -54,7 +55,16 @@ class E2URecConfig:
     batch_size: int = 16
     forget_only_epochs: int = 1
     aug_mode: Literal["lora", "full"] = "lora"  # the paper fine-tuned all weights
-    aug_epochs: int = 1  # one pass of a LoRA at lr 1e-3 moves it as far as the paper's 1.7
+    # The forgetting teacher only differs from the original where the augmented model learned
+    # more of the forget set than the original had. The forced logits raise the forget loss by
+    # about alpha times what the augmented model lowered it, so fit it until its forget loss is
+    # below the original's by the gap to the held-out level over alpha (at least aug_min_drop):
+    # the teacher then asks for the held-out level, the stop rule's target. Between aug_epochs
+    # and aug_max_epochs epochs. One fixed epoch left the teacher near the original whenever
+    # the original had memorised the forget set (seed 2 of the paper table).
+    aug_epochs: int = 1
+    aug_max_epochs: int = 4
+    aug_min_drop: float = 0.02
     aug_lr: float | None = None  # default 1e-3 for a LoRA, 2e-4 for full fine-tuning
     cache_teachers: bool = True
     stop: StopRule = field(default_factory=StopRule)
@@ -68,10 +78,27 @@ class E2URecConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.w <= 1.0:
             raise ValueError(f"w must be in [0, 1], got {self.w}")
+        if self.alpha <= 0:
+            raise ValueError(f"alpha must be > 0 (the forgetting teacher's push), got {self.alpha}")
         if self.aug_mode not in ("lora", "full"):
             raise ValueError(f"aug_mode must be 'lora' or 'full', got {self.aug_mode!r}")
+        if not 1 <= self.aug_epochs <= self.aug_max_epochs:
+            raise ValueError(
+                f"need 1 <= aug_epochs <= aug_max_epochs, got {self.aug_epochs} and "
+                f"{self.aug_max_epochs}"
+            )
+        if self.aug_min_drop < 0:
+            raise ValueError(f"aug_min_drop must be >= 0, got {self.aug_min_drop}")
         if self.forget_only_epochs >= self.stop.max_epochs:
             raise ValueError("forget_only_epochs must leave at least one mixed epoch")
+
+
+@dataclass
+class Augmented:
+    backbone: Backbone
+    target: float | None  # the forget loss it was fitted down to (None: fixed epochs)
+    forget_losses: list[float]  # measured after each round of epochs
+    stopped: str
 
 
 def train_augmented(
@@ -80,19 +107,44 @@ def train_augmented(
     cfg: E2URecConfig,
     progress: bool,
     on_step: Callable[[int, int, float], None] | None = None,
-) -> Backbone:
-    """The original further fitted to the forget set (a merged LoRA by default, or all weights)."""
+    monitor: Monitor | None = None,
+    reference: Check | None = None,
+) -> Augmented:
+    """The original further fitted to the forget set (a merged LoRA by default, or all weights).
+
+    With a ``monitor`` and the original's ``reference`` check, it trains until its forget loss
+    falls to the target (see ``E2URecConfig``); otherwise for ``aug_epochs``. A small forget set
+    makes short epochs, so they are counted in rounds of at least ``min_steps_per_epoch`` steps.
+    """
     aug = Backbone(copy.deepcopy(original.model), original.tokenizer, original.spec)
     lr = cfg.aug_lr or (1e-3 if cfg.aug_mode == "lora" else 2e-4)
     steps_per_epoch = math.ceil(len(task.forget) / cfg.batch_size)
-    epochs = max(cfg.aug_epochs, math.ceil(cfg.min_steps_per_epoch / steps_per_epoch))
-    train_llmrec(
+    per_round = max(1, math.ceil(cfg.min_steps_per_epoch / steps_per_epoch))
+    target = None
+    if monitor is not None and reference is not None:
+        gap = reference.heldout_loss - reference.forget_loss
+        target = reference.forget_loss - max(cfg.aug_min_drop, gap / cfg.alpha)
+    losses: list[float] = []
+    epochs = 0
+
+    def fitted(model: Backbone) -> str | None:
+        nonlocal epochs
+        epochs += 1
+        if monitor is None or target is None or epochs % per_round:
+            return None
+        losses.append(monitor.forget_loss(model))
+        if len(losses) >= cfg.aug_epochs and losses[-1] <= target:
+            return f"forget loss {losses[-1]:.4f} reached the target {target:.4f}"
+        return None
+
+    rounds = cfg.aug_max_epochs if target is not None else cfg.aug_epochs
+    result = train_llmrec(
         aug,
         task.catalog,
         task.forget,
         [],
         TrainConfig(
-            epochs=epochs,
+            epochs=rounds * per_round,
             lr=lr,
             batch_size=cfg.batch_size,
             warmup_ratio=0.0,
@@ -104,8 +156,9 @@ def train_augmented(
         ),
         progress=progress,
         on_step=on_step,
+        until=fitted,
     )
-    return aug
+    return Augmented(aug, target, losses, result.stopped)
 
 
 def with_adapter(base: Backbone, adapter: AdapterFiles) -> Backbone:
@@ -151,6 +204,12 @@ def _student(base: Backbone, cfg: E2URecConfig, init: AdapterFiles | None):
     if init is not None:
         _load_lora(student, init)
     return student
+
+
+def _answer_log_loss(logits: torch.Tensor, samples: list, fmt) -> float:
+    """LogLoss of the Yes/No answer read from full-vocabulary logits (or log-probabilities)."""
+    p_yes = torch.softmax(logits[:, [fmt.yes_token, fmt.no_token]].float(), -1)[:, 0]
+    return log_loss([s.label for s in samples], p_yes.tolist())
 
 
 def e2urec_loss(
@@ -209,21 +268,30 @@ def e2urec_unlearn(
         stages["reference_check"] = time.perf_counter() - started
 
         mark = time.perf_counter()
-        aug = train_augmented(
+        augmented = train_augmented(
             original,
             task,
             cfg,
             progress,
             on_step=lambda step, total, loss: report("augment", step, total, loss),
+            monitor=monitor,
+            reference=reference,
         )
+        aug = augmented.backbone
         forget_prompts = [catalog.prompt(s) for s in task.forget]
         stages["augment"] = time.perf_counter() - mark
         mark = time.perf_counter()
         report("teachers", 0, 1, None)
+        teacher_losses: dict[str, float] = {}
         if cfg.cache_teachers:
             orig_f = answer_logits_all(original, forget_prompts, batch_size=cfg.eval_batch_size)
             aug_f = answer_logits_all(aug, forget_prompts, batch_size=cfg.eval_batch_size)
             forced_f = torch.log_softmax(forced_logits(orig_f, aug_f, cfg.alpha), -1)
+            # Whether the forgetting teacher asks for forgetting at all: its loss on the forget
+            # set should sit above the original's, near or beyond the held-out level.
+            tables = {"original": orig_f, "augmented": aug_f, "forced": forced_f}
+            teacher_losses = {k: _answer_log_loss(v, task.forget, fmt) for k, v in tables.items()}
+            del tables
             del aug, orig_f, aug_f  # the forgetting teacher is now a table
         stages["teachers"] = time.perf_counter() - mark
         mark = time.perf_counter()
@@ -329,6 +397,12 @@ def e2urec_unlearn(
         details={
             "stage_seconds": stages,
             "retain_teacher_passes": retain_teacher.forward_passes,
+            "augment": {
+                "target_forget_loss": augmented.target,
+                "forget_losses": augmented.forget_losses,
+                "stopped": augmented.stopped,
+            },
+            "teacher_forget_loss": teacher_losses,
             "checksum": checksum,
         },
     )

@@ -90,6 +90,13 @@ class Monitor:
         self.seconds += time.perf_counter() - started
         return Check(log_loss([s.label for s in self.forget], pf), level, auc(labels_v, pv))
 
+    def forget_loss(self, backbone: Backbone) -> float:
+        """The loss on the forget subsample alone (how well a model remembers the forget set)."""
+        started = time.perf_counter()
+        scores = predict_like(backbone, self.forget_prompts, batch_size=self.batch_size)
+        self.seconds += time.perf_counter() - started
+        return log_loss([s.label for s in self.forget], scores)
+
     def decide(self, check: Check, reference_auc: float) -> str | None:
         """None to go on; otherwise why to stop (prefixed "revert:" when the last step hurt)."""
         if check.valid_auc < reference_auc - self.rule.max_valid_auc_drop:
