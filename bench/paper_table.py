@@ -191,7 +191,7 @@ def write_table(results: dict[int, dict[str, dict]], out: Path, command: str) ->
             f"{cell(rows, 'jsd')} | {cell(rows, 'l2')} | {cell(rows, 'mia_auc')} | "
             f"{cell(rows, 'seconds', 1.0)} | {rows[0]['trainable_parameters']:.2e} |"
         )
-    lines += ["", *claims(results)]
+    lines += ["", *claims(results), "", *forgetting(results)]
     seeds = ", ".join(map(str, results))
     device = "CUDA " + torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     text = (
@@ -244,6 +244,30 @@ def claims(results: dict[int, dict[str, dict]]) -> list[str]:
     if all(stages):
         parts = ", ".join(f"{k} {statistics.mean(s[k] for s in stages):.0f}s" for k in stages[0])
         out += ["", f"E2URec time by stage (mean): {parts}."]
+    return out
+
+
+def forgetting(results: dict[int, dict[str, dict]]) -> list[str]:
+    """Did the forget set get forgotten? Its LogLoss per seed (Retrain's is the target), and
+    what E2URec's forgetting teacher asked for (the forced logits' LogLoss on the same set)."""
+    rs = list(results.values())
+    names = [m for m in ORDER if all(m in r and "forget_logloss" in r[m] for r in rs)]
+    if not names:
+        return []
+    out = [
+        "Forget-set LogLoss (x100; Retrain never saw these samples, so its value is the target):",
+        "",
+        "| model | " + " | ".join(f"seed {s}" for s in results) + " |",
+        "|" + "---|" * (len(results) + 1),
+    ]
+    for m in names:
+        cells = " | ".join(f"{100 * r[m]['forget_logloss']:.1f}" for r in rs)
+        out.append(f"| {m} | {cells} |")
+    for m in (n for n in names if n.startswith("e2urec")):
+        teachers = [r[m].get("details", {}).get("teacher_forget_loss") for r in rs]
+        if all(teachers):
+            cells = " | ".join(f"{100 * t['forced']:.1f}" for t in teachers)
+            out.append(f"| {m}: its forgetting teacher | {cells} |")
     return out
 
 

@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     unlearn_min_steps: int = Field(
         30, ge=0, description="E2URec steps per epoch at least (small batches cycle the data)"
     )
+    unlearn_checks_per_epoch: int = Field(
+        2, ge=1, description="E2URec stop-rule checks per epoch (each scores the held-out samples)"
+    )
     audit_fraction: float = Field(
         0.1,
         ge=0,
