@@ -369,8 +369,10 @@ def main(
                 default=str,
             )
         )
-        print(write_table(results, out, command))
-        write_plot(results, out)
+        write_table(results, out, command)  # a partial table while later seeds run
+    # Also after a --resume with every seed done: the table and plot follow the current code.
+    print(write_table(results, out, command))
+    write_plot(results, out)
 
 
 if __name__ == "__main__":
