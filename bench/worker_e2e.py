@@ -198,6 +198,8 @@ def run_batch(n: int, url: str, work: Path, redis_url: str, port: int) -> dict:
         "stage_seconds": m["stage_seconds"],
         "stopped": m["stopped"],
         "gate": m["gate"],
+        "teacher_forget_loss": m.get("teacher_forget_loss", {}),
+        "augment": m.get("augment", {}),
     }
 
 
@@ -250,8 +252,9 @@ def main(
         "samples.",
         "",
         "| users | forget samples | requests accepted | requests completed | adapter serving | "
-        "job | E2URec stages | stop | valid AUC before -> after | MIA AUC before -> after |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "job | E2URec stages | stop | forget loss before -> after (teacher asked) | "
+        "valid AUC before -> after | MIA AUC before -> after |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         g = r["gate"]
@@ -260,6 +263,8 @@ def main(
             f"| {r['users']} | {r['forget_samples']} | {r['accept_seconds']:.1f}s | "
             f"{r['completed_seconds']:.1f}s | {r['serving_seconds']:.1f}s | "
             f"{r['job_seconds']:.1f}s | {stages} | {r['stopped']} | "
+            f"{g['forget_logloss_before']:.3f} -> {g['forget_logloss_after']:.3f} "
+            f"({r['teacher_forget_loss'].get('forced', float('nan')):.3f}) | "
             f"{g['valid_auc_before']:.3f} -> {g['valid_auc_after']:.3f} | "
             f"{g['mia_auc_before']:.3f} -> {g['mia_auc_after']:.3f} |"
         )

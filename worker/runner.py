@@ -189,6 +189,10 @@ def run_unlearning(settings: Settings, job_id: int, owner: str, attempt: int, le
             "gate": gate.metrics,
             "unlearn_seconds": result.seconds,
             "stage_seconds": result.details.get("stage_seconds", {}),
+            # Whether the forgetting teacher asked for forgetting: operators read this when a
+            # job passes its gate without the forget loss moving.
+            "teacher_forget_loss": result.details.get("teacher_forget_loss", {}),
+            "augment": result.details.get("augment", {}),
             "stopped": result.stopped,
             "trainable_parameters": result.trainable_parameters,
             "config": asdict(cfg),
