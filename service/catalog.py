@@ -31,7 +31,7 @@ def load_items(session: Session) -> dict[int, Item]:
 
 
 def item_external_ids(session: Session) -> dict[int, str]:
-    return dict(session.execute(select(ItemRow.id, ItemRow.external_id)).tuples().all())
+    return dict(session.execute(select(ItemRow.id, ItemRow.external_id)).all())
 
 
 def as_user(row: UserRow) -> User:

@@ -307,9 +307,7 @@ def _complete(
             select(Interaction.user_id, func.count())
             .where(Interaction.user_id.in_(user_ids))
             .group_by(Interaction.user_id)
-        )
-        .tuples()
-        .all()
+        ).all()
     )
     for request in requests:
         request.adapter_version_id = adapter_id
