@@ -12,7 +12,7 @@ from e2urec.backbones import Backbone
 from e2urec.data.prepared import Catalog
 from e2urec.data.samples import Sample
 from e2urec.metrics import distribution_distance, mia_auc, sample_log_loss, utility
-from e2urec.scoring import answer_distributions
+from e2urec.scoring import answer_distributions, yes_probability
 
 if TYPE_CHECKING:
     from e2urec.unlearn.shards import Ensemble
@@ -36,8 +36,7 @@ def evaluate(
     """
 
     def p_yes(logp: torch.Tensor) -> list[float]:
-        pair = logp[:, [model.format.yes_token, model.format.no_token]]
-        return torch.softmax(pair, -1)[:, 0].tolist()
+        return yes_probability(logp, model.format).tolist()
 
     prompts = [catalog.prompt(s) for s in (*test, *forget, *heldout)]
     if hasattr(model, "answer_log_probs"):  # an ensemble mixes its members' distributions

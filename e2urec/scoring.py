@@ -13,6 +13,12 @@ from e2urec.data.prompts import Prompt
 from e2urec.encoding import PromptFormat, answer_logits, collate, encode_prompts
 
 
+def yes_probability(logits: torch.Tensor, fmt: PromptFormat) -> torch.Tensor:
+    """P(yes) from answer-position logits (or log-probabilities) over the full vocabulary: the
+    softmax over the two answer tokens alone."""
+    return torch.softmax(logits[:, [fmt.yes_token, fmt.no_token]].float(), -1)[:, 0]
+
+
 def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar length, so padding stays small."""
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
@@ -81,11 +87,10 @@ def predict_like(
     desc: str = "scoring",
 ) -> np.ndarray:
     """P(yes) for each prompt, in input order (``model`` as in :func:`map_answer_logits`)."""
-    pair = [backbone.format.yes_token, backbone.format.no_token]
     scores = map_answer_logits(
         backbone,
         prompts,
-        lambda logits: torch.softmax(logits[:, pair].float(), dim=-1)[:, 0],
+        lambda logits: yes_probability(logits, backbone.format),
         batch_size=batch_size,
         model=model,
         progress=progress,
@@ -144,5 +149,5 @@ def prefix_cached_like(
     )
     last = mask.sum(-1) - 1  # right padding: each answer sits after its own last token
     logits = out.logits[torch.arange(len(flat), device=device), last]
-    p_yes = torch.softmax(logits[:, [fmt.yes_token, fmt.no_token]].float(), -1)[:, 0].cpu()
+    p_yes = yes_probability(logits, fmt).cpu()
     return list(torch.split(p_yes, counts))

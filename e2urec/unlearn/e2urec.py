@@ -27,6 +27,7 @@ from e2urec.backbones import Backbone
 from e2urec.encoding import answer_logits, collate, encode_prompts, target_loss
 from e2urec.lora import attention_qv_targets
 from e2urec.metrics import log_loss
+from e2urec.scoring import yes_probability
 from e2urec.training import TrainConfig, train_llmrec
 from e2urec.unlearn.base import PeakMemory, UnlearnResult, UnlearnTask
 from e2urec.unlearn.loop import LoopConfig, unlearning_loop
@@ -208,8 +209,7 @@ def _student(base: Backbone, cfg: E2URecConfig, init: AdapterFiles | None):
 
 def _answer_log_loss(logits: torch.Tensor, samples: list, fmt) -> float:
     """LogLoss of the Yes/No answer read from full-vocabulary logits (or log-probabilities)."""
-    p_yes = torch.softmax(logits[:, [fmt.yes_token, fmt.no_token]].float(), -1)[:, 0]
-    return log_loss([s.label for s in samples], p_yes.tolist())
+    return log_loss([s.label for s in samples], yes_probability(logits, fmt).tolist())
 
 
 def e2urec_loss(
@@ -291,8 +291,7 @@ def e2urec_unlearn(
             # set should sit above the original's, near or beyond the held-out level.
             tables = {"original": orig_f, "augmented": aug_f, "forced": forced_f}
             teacher_losses = {k: _answer_log_loss(v, task.forget, fmt) for k, v in tables.items()}
-            del tables
-            del aug, orig_f, aug_f  # the forgetting teacher is now a table
+            del tables, aug, orig_f, aug_f  # the forgetting teacher is now a table
         stages["teachers"] = time.perf_counter() - mark
         mark = time.perf_counter()
         checks_before = monitor.seconds

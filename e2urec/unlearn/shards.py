@@ -18,7 +18,7 @@ import torch
 from e2urec.backbones import Backbone
 from e2urec.data.prompts import Prompt
 from e2urec.data.samples import Sample
-from e2urec.scoring import answer_distributions
+from e2urec.scoring import answer_distributions, yes_probability
 from e2urec.training import TrainConfig, train_llmrec
 from e2urec.unlearn.base import PeakMemory, UnlearnResult, UnlearnTask
 from e2urec.unlearn.baselines import fresh_base
@@ -65,7 +65,7 @@ def _fit_weights(ensemble: Ensemble, prompts: list[Prompt], labels: list[int]) -
     p_yes = []
     for member in ensemble.members:
         logp = answer_distributions(member, prompts)
-        p_yes.append(torch.softmax(logp[:, [fmt.yes_token, fmt.no_token]], -1)[:, 0])
+        p_yes.append(yes_probability(logp, fmt))
     p = torch.stack(p_yes, dim=1)  # [N, shards]
     y = torch.tensor(labels, dtype=torch.float32)
     theta = torch.zeros(p.size(1), requires_grad=True)

@@ -79,8 +79,8 @@ class Monitor:
         )
 
     def check(self, backbone: Backbone) -> Check:
+        forget = self.forget_loss(backbone)
         started = time.perf_counter()
-        pf = predict_like(backbone, self.forget_prompts, batch_size=self.batch_size)
         pv = predict_like(backbone, self.valid_prompts, batch_size=self.batch_size)
         labels_v = [s.label for s in self.valid]
         level = log_loss(labels_v, pv)
@@ -88,7 +88,7 @@ class Monitor:
             ph = predict_like(backbone, self.heldout_prompts, batch_size=self.batch_size)
             level = log_loss([s.label for s in self.heldout], ph)
         self.seconds += time.perf_counter() - started
-        return Check(log_loss([s.label for s in self.forget], pf), level, auc(labels_v, pv))
+        return Check(forget, level, auc(labels_v, pv))
 
     def forget_loss(self, backbone: Backbone) -> float:
         """The loss on the forget subsample alone (how well a model remembers the forget set)."""
