@@ -52,10 +52,13 @@ def evaluate(
         logp[n_test + n_forget :],
     )
     metrics = utility([s.label for s in test], p_yes(test_lp), [s.user_id for s in test])
-    member = sample_log_loss([s.label for s in forget], p_yes(forget_lp))
-    nonmember = sample_log_loss([s.label for s in heldout], p_yes(held_lp))
-    metrics["mia_auc"] = mia_auc(member, nonmember)
+    member_labels, nonmember_labels = [s.label for s in forget], [s.label for s in heldout]
+    member = sample_log_loss(member_labels, p_yes(forget_lp))
+    nonmember = sample_log_loss(nonmember_labels, p_yes(held_lp))
+    metrics["mia_auc"] = mia_auc(member, nonmember, member_labels, nonmember_labels)
     metrics["forget_logloss"] = float(member.mean())
+    # Beside the forget loss, so that a model that got worse everywhere is not read as forgetting
+    metrics["heldout_logloss"] = float(nonmember.mean())
     if reference_forget_logp is not None:
         metrics.update(distribution_distance(forget_lp, reference_forget_logp))
     return metrics, forget_lp

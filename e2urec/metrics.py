@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from statistics import NormalDist
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
@@ -96,15 +97,35 @@ def distribution_distance(logp, logq) -> dict[str, float]:
 # -- membership inference ------------------------------------------------------------------
 
 
-def mia_auc(member_losses: Sequence[float], nonmember_losses: Sequence[float]) -> float:
+def mia_auc(
+    member_losses: Sequence[float],
+    nonmember_losses: Sequence[float],
+    member_labels: Sequence[int] | None = None,
+    nonmember_labels: Sequence[int] | None = None,
+) -> float:
     """AUC of a loss-threshold attack: members are guessed where the loss is low.
 
     0.5 means the attacker cannot tell the forget set from held-out data; a model that still
     remembers its training data scores above 0.5.
+
+    With the labels, the attacker (who knows the rating it asks about) sets one threshold per
+    label: the AUC within each label, weighted by the pairs each contributes. Otherwise a
+    forget set that simply likes more often than the held-out users would look "remembered"
+    by any model that leans towards "yes", a retrained one included.
     """
-    losses = np.concatenate([np.asarray(member_losses), np.asarray(nonmember_losses)])
-    is_member = np.concatenate([np.ones(len(member_losses)), np.zeros(len(nonmember_losses))])
-    return auc(is_member, -losses)
+    if member_labels is None or nonmember_labels is None:
+        losses = np.concatenate([np.asarray(member_losses), np.asarray(nonmember_losses)])
+        is_member = np.concatenate([np.ones(len(member_losses)), np.zeros(len(nonmember_losses))])
+        return auc(is_member, -losses)
+    m, n = np.asarray(member_losses), np.asarray(nonmember_losses)
+    ml, nl = np.asarray(member_labels), np.asarray(nonmember_labels)
+    total, pairs = 0.0, 0
+    for label in (0, 1):
+        mm, nn = m[ml == label], n[nl == label]
+        if len(mm) and len(nn):
+            total += mia_auc(mm, nn) * len(mm) * len(nn)
+            pairs += len(mm) * len(nn)
+    return total / pairs if pairs else float("nan")
 
 
 def sample_log_loss(labels: Sequence[int], scores: Sequence[float]) -> np.ndarray:
@@ -124,3 +145,48 @@ def auc_standard_error(auc_value: float, n_positive: int, n_negative: int) -> fl
         n_positive * n_negative
     )
     return float(np.sqrt(max(var, 0.0)))
+
+
+# -- the membership test a deletion must pass ------------------------------------------------
+
+
+def mia_threshold(n_forget: int, n_heldout: int, band: float, false_alarm: float) -> float:
+    """The highest attack AUC a forgotten set may show: 0.5 plus a tolerated ``band`` plus the
+    one-sided ``1 - false_alarm`` quantile of the AUC's sampling noise at 0.5. A deletion that
+    really left the forget set looking like never-trained data (true AUC <= 0.5 + band) fails
+    with probability at most ``false_alarm``."""
+    se = auc_standard_error(0.5, n_forget, n_heldout)
+    return 0.5 + band + NormalDist().inv_cdf(1 - false_alarm) * se
+
+
+def mia_test_power(
+    memorised_auc: float, n_forget: int, n_heldout: int, band: float, false_alarm: float
+) -> float:
+    """Probability that the test above fails a model whose true attack AUC on the forget set is
+    ``memorised_auc`` (a no-op on users the base memorised), under the normal approximation."""
+    threshold = mia_threshold(n_forget, n_heldout, band, false_alarm)
+    se = auc_standard_error(memorised_auc, n_forget, n_heldout)
+    return 1.0 - NormalDist().cdf((threshold - memorised_auc) / se) if se > 0 else 0.0
+
+
+def min_forget_samples(
+    memorised_auc: float,
+    n_heldout: int,
+    band: float,
+    false_alarm: float,
+    power: float,
+    most: int = 1_000_000,
+) -> int | None:
+    """The fewest forget samples with which the test fails a no-op at ``memorised_auc`` with
+    probability at least ``power`` (None if even ``most`` cannot: too few held-out samples, or
+    a band that swallows the effect). Power grows with the count, so a bisection finds it."""
+    if mia_test_power(memorised_auc, most, n_heldout, band, false_alarm) < power:
+        return None
+    lo, hi = 1, most
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if mia_test_power(memorised_auc, mid, n_heldout, band, false_alarm) >= power:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo

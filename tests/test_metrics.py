@@ -58,6 +58,51 @@ def test_membership_inference_auc():
     np.testing.assert_allclose(losses, [-math.log(0.8), -math.log(0.2)])
 
 
+def test_the_attack_sets_one_threshold_per_label():
+    # A model that answers "yes" with 0.7 to everyone: the forget users like more often than
+    # the held-out users, so their losses are lower on average, yet nothing singles them out.
+    forget_labels, heldout_labels = [1, 1, 1, 0], [1, 0, 0, 0]
+    member = sample_log_loss(forget_labels, [0.7] * 4)
+    nonmember = sample_log_loss(heldout_labels, [0.7] * 4)
+    assert mia_auc(member, nonmember) > 0.6  # fooled by the base rates
+    assert mia_auc(member, nonmember, forget_labels, heldout_labels) == pytest.approx(0.5)
+    # within each label the members' losses are lower: the label-aware attack sees it
+    member = sample_log_loss(forget_labels, [0.9, 0.9, 0.9, 0.1])
+    assert mia_auc(member, nonmember, forget_labels, heldout_labels) == pytest.approx(1.0)
+
+
+def test_the_deletion_test_has_the_power_it_states():
+    """Simulated attacks: with the minimum forget-sample count, a no-op on memorised users
+    (true attack AUC 0.65) fails at least 90% of the time, and a model that forgot (AUC 0.5)
+    fails about 5% of the time; with 10 forget samples the no-op mostly passes."""
+    from statistics import NormalDist
+
+    from e2urec.metrics import mia_test_power, mia_threshold, min_forget_samples
+
+    n_heldout, band, alpha = 300, 0.02, 0.05
+    n = min_forget_samples(0.65, n_heldout, band, alpha, 0.9)
+    assert n is not None and 20 < n < 200
+    assert mia_test_power(0.65, n, n_heldout, band, alpha) >= 0.9
+    assert mia_test_power(0.65, n - 1, n_heldout, band, alpha) < 0.9
+    assert mia_test_power(0.65, 10, n_heldout, band, alpha) < 0.5
+    assert min_forget_samples(0.65, n_heldout, 0.2, alpha, 0.9) is None  # the band swallows it
+    rng = np.random.default_rng(0)
+
+    def fail_rate(true_auc: float, n_forget: int, trials: int = 600) -> float:
+        shift = math.sqrt(2) * NormalDist().inv_cdf(true_auc)  # P(member < nonmember) = AUC
+        threshold = mia_threshold(n_forget, n_heldout, band, alpha)
+        fails = 0
+        for _ in range(trials):
+            member = rng.normal(-shift, 1.0, n_forget)
+            nonmember = rng.normal(0.0, 1.0, n_heldout)
+            fails += mia_auc(member, nonmember) > threshold
+        return fails / trials
+
+    assert fail_rate(0.65, n) >= 0.86  # 0.9 stated; the slack is Monte Carlo noise
+    assert fail_rate(0.5, n) <= 0.08  # a real deletion is rarely refused
+    assert fail_rate(0.65, 10) < 0.6
+
+
 def test_gauc_ranks_within_each_user():
     from e2urec.metrics import gauc
 
