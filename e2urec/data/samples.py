@@ -32,6 +32,10 @@ class SampleConfig:
     min_history: int = 1  # a sample with no history carries nothing personal
     split: tuple[float, float, float] = (0.6, 0.2, 0.2)
     forget_fraction: float = 0.2  # of the train split's distinct users
+    # Users none of the models trains on, drawn like the forget users (the next ones in the same
+    # shuffle): never-trained data of the same period, which a membership attack compares the
+    # forget set with. 0 keeps the paper's protocol.
+    heldout_fraction: float = 0.0
     seed: int = 42
 
     def __post_init__(self) -> None:
@@ -45,6 +49,11 @@ class SampleConfig:
             )
         if not 0.0 <= self.forget_fraction < 1.0:
             raise ValueError(f"forget_fraction must be in [0, 1), got {self.forget_fraction}")
+        if self.heldout_fraction < 0 or self.forget_fraction + self.heldout_fraction >= 1.0:
+            raise ValueError(
+                "heldout_fraction must be >= 0 and leave retained users beside the forget ones, "
+                f"got {self.heldout_fraction} with forget_fraction {self.forget_fraction}"
+            )
 
 
 @dataclass
@@ -53,6 +62,7 @@ class Splits:
     valid: list[Sample]
     test: list[Sample]
     forget_users: frozenset[int] = field(default_factory=frozenset)
+    heldout_users: frozenset[int] = field(default_factory=frozenset)
 
     @property
     def forget(self) -> list[Sample]:
@@ -62,7 +72,18 @@ class Splits:
     @property
     def retain(self) -> list[Sample]:
         """Train samples of everyone else: what retraining from scratch would use."""
-        return [s for s in self.train if s.user_id not in self.forget_users]
+        excluded = self.forget_users | self.heldout_users
+        return [s for s in self.train if s.user_id not in excluded]
+
+    @property
+    def heldout(self) -> list[Sample]:
+        """Train-period samples of the held-out users: never trained on by any model."""
+        return [s for s in self.train if s.user_id in self.heldout_users]
+
+    @property
+    def trained(self) -> list[Sample]:
+        """What the original trains on: the train split less the held-out users."""
+        return [s for s in self.train if s.user_id not in self.heldout_users]
 
     def named(self, name: str) -> list[Sample]:
         if name not in SPLIT_NAMES:
@@ -113,8 +134,11 @@ def split_samples(samples: list[Sample], config: SampleConfig) -> Splits:
     )
     users = sorted({s.user_id for s in train})
     random.Random(config.seed).shuffle(users)
-    forget_users = frozenset(users[: int(len(users) * config.forget_fraction)])
-    return Splits(train, valid, test, forget_users)
+    n_forget = int(len(users) * config.forget_fraction)
+    n_heldout = int(len(users) * config.heldout_fraction)
+    forget_users = frozenset(users[:n_forget])
+    heldout_users = frozenset(users[n_forget : n_forget + n_heldout])
+    return Splits(train, valid, test, forget_users, heldout_users)
 
 
 def make_splits(dataset: Dataset, config: SampleConfig) -> Splits:
