@@ -99,7 +99,10 @@ def test_e2urec_forgets_and_saves_an_adapter(trained, tmp_path: Path):
         predict_like(original, [task.catalog.prompt(s) for s in task.valid]),
     )
     assert before < heldout - 0.02  # the fixture remembers the forget users
-    cfg = E2URecConfig(stop=StopRule(max_epochs=3, max_valid_auc_drop=0.05, eval_samples=300))
+    cfg = E2URecConfig(
+        forget_only_epochs=2,
+        stop=StopRule(max_epochs=3, max_valid_auc_drop=0.05, eval_samples=300),
+    )
     result = e2urec_unlearn(original, task, cfg, out=tmp_path / "adapter", progress=False)
     after = _forget_loss(result.backbone, task)
     assert after > before, (before, after, result.history)  # forget samples look less familiar
@@ -136,7 +139,14 @@ def test_cached_teachers_give_the_same_update_as_running_them(trained):
     stop = StopRule(max_epochs=2, max_valid_auc_drop=1.0, eval_samples=50)
     runs = {}
     for cache in (True, False):
-        cfg = E2URecConfig(cache_teachers=cache, lora_dropout=0.0, aug_epochs=1, stop=stop)
+        cfg = E2URecConfig(
+            cache_teachers=cache,
+            lora_dropout=0.0,
+            aug_epochs=1,
+            stop=stop,
+            forget_only_epochs=1,
+            min_steps_per_epoch=0,
+        )
         result = e2urec_unlearn(original, small, cfg, progress=False)
         runs[cache] = predict_like(result.backbone, [small.catalog.prompt(s) for s in small.forget])
     # fp16 storage of the cached retain teacher is the only difference
@@ -236,3 +246,104 @@ def test_a_warm_started_student_begins_as_the_serving_model(trained, tmp_path):
     np.testing.assert_allclose(start, serving, atol=1e-5)
     assert not np.allclose(serving, predict_like(original, prompts), atol=1e-3)
     assert any(p.requires_grad for n, p in student.named_parameters() if "lora_" in n)
+
+
+class _ScriptedMonitor:
+    """Plays back a list of checks (a unit test of the loop's logic, not of a model)."""
+
+    def __init__(self, checks):
+        from e2urec.unlearn.stopping import Monitor
+
+        self.checks = list(checks)
+        self.rule = StopRule(max_epochs=4, max_valid_auc_drop=0.02)
+        self._decide = Monitor.decide
+        self.seen = 0
+
+    def check(self, view):
+        self.seen += 1
+        return self.checks.pop(0)
+
+    def decide(self, check, reference_auc):
+        return self._decide(self, check, reference_auc)
+
+
+def _loop(checks, **config):
+    from e2urec.backbones import Backbone
+    from e2urec.unlearn.loop import LoopConfig, unlearning_loop
+    from e2urec.unlearn.stopping import Check
+
+    model = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.zero_()
+    view = Backbone(model, None, "test", {})
+    monitor = _ScriptedMonitor(Check(*c) for c in checks)
+    steps: list[bool] = []
+
+    def step(idx, ridx):
+        steps.append(ridx is not None)  # True: a mixed step
+        return -model.weight.sum()  # every step moves the weight up by about lr
+
+    cfg = LoopConfig(lr=0.1, batch_size=4, stop=monitor.rule, **config)
+    history: list[dict] = []
+    stopped = unlearning_loop(
+        view,
+        list(model.parameters()),
+        lambda k: True,
+        [5] * 8,
+        8,
+        step,
+        monitor,
+        0.7,
+        cfg,
+        history,
+        name="test",
+        progress=False,
+    )
+    return stopped, steps, history, model.weight.detach().clone()
+
+
+def test_the_loop_checks_during_forget_only_epochs_then_repairs_and_keeps_the_best_state():
+    # (forget loss, held-out loss, valid AUC): the level is reached at the second check of the
+    # forget-only phase; the repair then pulls the forget loss back below it.
+    checks = [(0.50, 0.66, 0.7), (0.67, 0.66, 0.7), (0.55, 0.66, 0.7)]
+    stopped, steps, history, weight = _loop(
+        checks, forget_only_epochs=2, checks_per_epoch=1, repair_steps=2, keep_best=True
+    )
+    assert steps == [False] * 4 + [True] * 2  # two forget-only epochs of 2 batches, 2 repairs
+    assert "repaired for 2 mixed steps" in stopped and "reached the held-out level" in stopped
+    assert history[-1]["kept"]["forget_loss"] == pytest.approx(0.67)
+    # the weights are those of the kept check (after 4 steps), not of the last step (6)
+    assert 0.3 < float(weight.mean()) < 0.5
+
+
+def test_without_keep_best_the_loop_stops_at_the_level_as_before():
+    checks = [(0.50, 0.66, 0.7), (0.67, 0.66, 0.7)]
+    stopped, steps, _, _ = _loop(checks, forget_only_epochs=0, checks_per_epoch=1)
+    assert steps == [True] * 4 and "reached the held-out level" in stopped
+
+
+def test_loop_settings_that_would_silently_disable_the_stop_rule_are_refused():
+    from e2urec.unlearn.loop import LoopConfig
+
+    with pytest.raises(ValueError, match="checks_per_epoch"):
+        LoopConfig(checks_per_epoch=0)
+    with pytest.raises(ValueError, match="forget_only_epochs"):
+        LoopConfig(forget_only_epochs=5, stop=StopRule(max_epochs=5))
+
+
+def test_alpha_is_raised_until_the_forgetting_teacher_asks_for_the_held_out_level():
+    from types import SimpleNamespace
+
+    from e2urec.unlearn.e2urec import _answer_log_loss, calibrated_alpha
+    from e2urec.unlearn.teachers import forced_logits
+
+    fmt = SimpleNamespace(yes_token=0, no_token=1)  # a two-token vocabulary is enough here
+    samples = [type("S", (), {"label": 1})()] * 4
+    orig = torch.tensor([[1.0, 0.0]] * 4)  # P(yes) 0.73: loss 0.31
+    aug = torch.tensor([[1.5, 0.0]] * 4)  # the augmented model learned them a little more
+    alpha = calibrated_alpha(orig, aug, samples, fmt, level=0.69, least=2.0, most=32.0)
+    assert alpha > 2.0
+    assert _answer_log_loss(forced_logits(orig, aug, alpha), samples, fmt) == pytest.approx(
+        0.69, abs=1e-3
+    )
+    assert calibrated_alpha(orig, aug, samples, fmt, level=0.2, least=2.0, most=32.0) == 2.0

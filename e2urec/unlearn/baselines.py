@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from e2urec.backbones import Backbone, load_backbone
+from e2urec.data.samples import Sample
 from e2urec.encoding import answer_logits, collate, encode_prompts, target_loss
 from e2urec.training import TrainConfig, train_llmrec
 from e2urec.unlearn.base import PeakMemory, UnlearnResult, UnlearnTask
@@ -215,13 +216,22 @@ def retrain(
     base_spec: str,
     *,
     progress: bool = True,
+    valid: Sequence[Sample] | None = None,
 ) -> UnlearnResult:
-    """Train the base from scratch on the retain set, the way the original was trained."""
+    """Train the base from scratch on the retain set, the way the original was trained.
+
+    ``valid`` is what early stopping judges by (default ``task.valid``); pass ``[]`` for a
+    fixed schedule of ``train_config.epochs``, as an original trained without early stopping."""
     with PeakMemory(original.device) as memory:
         started = time.perf_counter()
         model = fresh_base(original, base_spec, train_config.seed)
         result = train_llmrec(
-            model, task.catalog, task.retain, task.valid, train_config, progress=progress
+            model,
+            task.catalog,
+            task.retain,
+            task.valid if valid is None else valid,
+            train_config,
+            progress=progress,
         )
         seconds = time.perf_counter() - started
     n = model.parameter_count()

@@ -7,6 +7,16 @@ The original model is frozen. Its LoRA student learns to match
     taught beyond the original is pushed back down.
 Loss: ``w * (CE_retain + KL(orig || student)_retain) + (1 - w) * KL(forced || student)_forget``,
 after ``forget_only_epochs`` epochs on the forgetting term alone.
+
+Where this departs from the paper, and why (the memorising benchmark's evidence is in the README):
+  * ``alpha`` is raised, per request, until the forgetting teacher's loss on the forget set
+    reaches the held-out level (``calibrate_alpha``): with the paper's fixed alpha = 2 the
+    teacher asked for less than a retrained model shows whenever the original had memorised.
+  * The forget-only phase is checked, ends once the forget set looks like never-trained data of
+    the same period, and is followed by a short mixed repair (``repair_fraction``); the checked
+    state closest to the held-out level is kept. The paper hand-picked a checkpoint after ~750
+    forget-only and ~250 mixed steps; running mixed epochs until a stop rule fired pulled the
+    student back to the memorising original.
 """
 
 from __future__ import annotations
@@ -50,12 +60,23 @@ class E2URecConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     target_modules: list[str] | None = None  # default: the attention q/v projections
-    alpha: float = 2.0  # strength of the forgetting teacher's push
+    alpha: float = 2.0  # strength of the forgetting teacher's push (the least one, if calibrated)
+    # Raise alpha (up to alpha_max) until the forced teacher's forget loss reaches the held-out
+    # level, so the teacher asks for at least what a model that never saw the data shows.
+    calibrate_alpha: bool = True
+    alpha_max: float = 32.0
     w: float = 0.6  # weight of remembering against forgetting
-    lr: float = 1e-3
+    lr: float = 3e-3  # the paper's 1e-3 moved the student too little in the steps a check allows
     batch_size: int = 16
-    forget_only_epochs: int = 1
-    aug_mode: Literal["lora", "full"] = "lora"  # the paper fine-tuned all weights
+    forget_only_epochs: int = 3
+    # Mixed steps after the forget-only phase reached the held-out level, as a fraction of one
+    # epoch (the paper's run: ~250 mixed after ~750 forget-only steps). 0 stops right there.
+    repair_fraction: float = 0.33
+    keep_best: bool = True  # end on the checked state closest to the held-out level
+    # The paper fine-tuned all weights: a LoRA learns what the forget users share with everyone
+    # (their taste, the base rate), so its forgetting teacher flattened every prediction; all
+    # weights also learn the samples themselves, and the teacher then asks for exactly that back.
+    aug_mode: Literal["lora", "full"] = "full"
     # The forgetting teacher only differs from the original where the augmented model learned
     # more of the forget set than the original had. The forced logits raise the forget loss by
     # about alpha times what the augmented model lowered it, so fit it until its forget loss is
@@ -66,13 +87,14 @@ class E2URecConfig:
     aug_epochs: int = 1
     aug_max_epochs: int = 4
     aug_min_drop: float = 0.02
-    aug_lr: float | None = None  # default 1e-3 for a LoRA, 2e-4 for full fine-tuning
+    aug_lr: float = 1e-3
     cache_teachers: bool = True
     stop: StopRule = field(default_factory=StopRule)
-    checks_per_epoch: int = 4  # stop soon after the forget loss reaches the held-out level
-    # Small deletion batches: cycle the forget set to at least this many steps per epoch (and
-    # per augmentation epoch). 0 keeps the paper's plain epochs.
-    min_steps_per_epoch: int = 0
+    checks_per_epoch: int = 3  # stop soon after the forget loss reaches the held-out level
+    # Cycle the forget set to at least this many steps per epoch (and per augmentation epoch):
+    # a forget set of 150 samples makes 10 steps, and forgetting needs a few hundred (the
+    # paper's forget-only epoch was ~750). 0 keeps plain epochs.
+    min_steps_per_epoch: int = 60
     seed: int = 0
     eval_batch_size: int = 128
 
@@ -92,6 +114,25 @@ class E2URecConfig:
             raise ValueError(f"aug_min_drop must be >= 0, got {self.aug_min_drop}")
         if self.forget_only_epochs >= self.stop.max_epochs:
             raise ValueError("forget_only_epochs must leave at least one mixed epoch")
+        if self.alpha_max < self.alpha:
+            raise ValueError(f"alpha_max ({self.alpha_max}) must be >= alpha ({self.alpha})")
+        if self.repair_fraction < 0:
+            raise ValueError(f"repair_fraction must be >= 0, got {self.repair_fraction}")
+
+    @classmethod
+    def paper(cls, **overrides) -> E2URecConfig:
+        """The paper's setting: fixed alpha = 2, one forget-only epoch, then mixed epochs until
+        the stop rule fires (the ablation row of the benchmark)."""
+        settings = {
+            "calibrate_alpha": False,
+            "lr": 1e-3,
+            "forget_only_epochs": 1,
+            "repair_fraction": 0.0,
+            "keep_best": False,
+            "min_steps_per_epoch": 0,
+            "checks_per_epoch": 1,
+        }
+        return cls(**(settings | overrides))
 
 
 @dataclass
@@ -118,7 +159,7 @@ def train_augmented(
     makes short epochs, so they are counted in rounds of at least ``min_steps_per_epoch`` steps.
     """
     aug = Backbone(copy.deepcopy(original.model), original.tokenizer, original.spec)
-    lr = cfg.aug_lr or (1e-3 if cfg.aug_mode == "lora" else 2e-4)
+    lr = cfg.aug_lr
     steps_per_epoch = math.ceil(len(task.forget) / cfg.batch_size)
     per_round = max(1, math.ceil(cfg.min_steps_per_epoch / steps_per_epoch))
     target = None
@@ -160,6 +201,34 @@ def train_augmented(
         until=fitted,
     )
     return Augmented(aug, target, losses, result.stopped)
+
+
+def calibrated_alpha(
+    orig: torch.Tensor,
+    aug: torch.Tensor,
+    forget: list,
+    fmt,
+    level: float,
+    least: float,
+    most: float,
+    iterations: int = 20,
+) -> float:
+    """The smallest alpha in [least, most] whose forced teacher has a forget-set LogLoss of at
+    least ``level`` (``most`` if none reaches it). The teacher's loss grows with alpha, and the
+    tables are cached, so a bisection costs a few softmaxes over [N, vocab]."""
+
+    def loss(alpha: float) -> float:
+        return _answer_log_loss(forced_logits(orig, aug, alpha), forget, fmt)
+
+    if loss(least) >= level:
+        return least
+    if loss(most) < level:
+        return most
+    lo, hi = least, most
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if loss(mid) >= level else (mid, hi)
+    return hi
 
 
 def with_adapter(base: Backbone, adapter: AdapterFiles) -> Backbone:
@@ -283,15 +352,23 @@ def e2urec_unlearn(
         mark = time.perf_counter()
         report("teachers", 0, 1, None)
         teacher_losses: dict[str, float] = {}
-        if cfg.cache_teachers:
+        alpha = cfg.alpha
+        if cfg.cache_teachers or cfg.calibrate_alpha:
             orig_f = answer_logits_all(original, forget_prompts, batch_size=cfg.eval_batch_size)
             aug_f = answer_logits_all(aug, forget_prompts, batch_size=cfg.eval_batch_size)
-            forced_f = torch.log_softmax(forced_logits(orig_f, aug_f, cfg.alpha), -1)
+            if cfg.calibrate_alpha:
+                level = reference.heldout_loss
+                alpha = calibrated_alpha(
+                    orig_f, aug_f, task.forget, fmt, level, cfg.alpha, cfg.alpha_max
+                )
+            forced_f = torch.log_softmax(forced_logits(orig_f, aug_f, alpha), -1)
             # Whether the forgetting teacher asks for forgetting at all: its loss on the forget
             # set should sit above the original's, near or beyond the held-out level.
             tables = {"original": orig_f, "augmented": aug_f, "forced": forced_f}
             teacher_losses = {k: _answer_log_loss(v, task.forget, fmt) for k, v in tables.items()}
-            del tables, aug, orig_f, aug_f  # the forgetting teacher is now a table
+            del tables, orig_f, aug_f  # the forgetting teacher is now a table
+            if cfg.cache_teachers:
+                del aug
         stages["teachers"] = time.perf_counter() - mark
         mark = time.perf_counter()
         checks_before = monitor.seconds
@@ -326,7 +403,7 @@ def e2urec_unlearn(
                     orig_logits = frozen_logits(fb).float()
                 with torch.no_grad():
                     aug_logits = answer_logits(aug.model, fb).float()
-                teacher_f = torch.log_softmax(forced_logits(orig_logits, aug_logits, cfg.alpha), -1)
+                teacher_f = torch.log_softmax(forced_logits(orig_logits, aug_logits, alpha), -1)
             if ridx is None:
                 return e2urec_loss(cfg.w, teacher_f, student_f)
             rb = collate(fmt, [retain_enc[i] for i in ridx], [retain_labels[i] for i in ridx])
@@ -334,6 +411,7 @@ def e2urec_unlearn(
             teacher_r = retain_teacher.get(ridx).to(device)
             return e2urec_loss(cfg.w, teacher_f, student_f, ce_r, teacher_r, student_r)
 
+        steps_per_epoch = max(math.ceil(len(task.forget) / cfg.batch_size), cfg.min_steps_per_epoch)
         loop = LoopConfig(
             lr=cfg.lr,
             batch_size=cfg.batch_size,
@@ -342,6 +420,8 @@ def e2urec_unlearn(
             min_steps_per_epoch=cfg.min_steps_per_epoch,
             stop=cfg.stop,
             seed=cfg.seed,
+            repair_steps=math.ceil(cfg.repair_fraction * steps_per_epoch),
+            keep_best=cfg.keep_best,
         )
         stopped = unlearning_loop(
             view,
@@ -402,6 +482,7 @@ def e2urec_unlearn(
                 "stopped": augmented.stopped,
             },
             "teacher_forget_loss": teacher_losses,
+            "alpha": alpha,
             "checksum": checksum,
         },
     )

@@ -3,6 +3,11 @@
 Forget batches drive the epoch; each is paired with a random retain batch (instead of zip(),
 which would truncate the retain set to the forget set's length). The model is checked at fixed
 points, and the stop rule decides whether to go on, stop, or revert to the last good state.
+
+Methods with a forget-only phase (E2URec) are checked during it too, and may end with a short
+mixed *repair* once the forget set reached the held-out level: the paper's schedule, where
+about three quarters of the steps were forget-only and a checkpoint a few hundred mixed steps
+later was kept.
 """
 
 from __future__ import annotations
@@ -37,6 +42,25 @@ class LoopConfig:
     max_grad_norm: float = 1.0
     stop: StopRule = field(default_factory=StopRule)
     seed: int = 0
+    # Mixed steps after the forget-only phase reached the held-out level (0: stop right there).
+    repair_steps: int = 0
+    # At the end, restore the checked state whose forget loss sat closest to the held-out level
+    # (among those within the AUC bound) instead of the last one.
+    keep_best: bool = False
+
+    def __post_init__(self) -> None:
+        if self.checks_per_epoch < 1:
+            raise ValueError(
+                f"checks_per_epoch must be at least 1, got {self.checks_per_epoch}: without "
+                "checks the stop rule can never fire"
+            )
+        if self.forget_only_epochs >= self.stop.max_epochs:
+            raise ValueError(
+                f"forget_only_epochs ({self.forget_only_epochs}) must leave at least one mixed "
+                f"epoch within stop.max_epochs ({self.stop.max_epochs})"
+            )
+        if self.repair_steps < 0:
+            raise ValueError(f"repair_steps must be >= 0, got {self.repair_steps}")
 
 
 def unlearning_loop(
@@ -67,8 +91,18 @@ def unlearning_loop(
         return {k: v.detach().clone() for k, v in model.state_dict().items() if keep(k)}
 
     good = snapshot()
+    best: tuple[float, dict[str, torch.Tensor], dict] | None = None  # (distance, state, check)
+    repair_left: int | None = None  # counting down once the repair phase began
+    begun = ""  # why the repair phase began
+
+    def finish(reason: str) -> str:
+        if cfg.keep_best and best is not None:
+            model.load_state_dict(best[1], strict=False)
+            history.append({"kept": best[2]})
+            return reason + f" (kept the check closest to the held-out level: {best[2]})"
+        return reason
+
     for epoch in range(1, cfg.stop.max_epochs + 1):
-        mixed = epoch > cfg.forget_only_epochs
         batches = bucketed_batches(forget_lengths, cfg.batch_size, rng)
         while len(batches) < cfg.min_steps_per_epoch:
             batches += bucketed_batches(forget_lengths, cfg.batch_size, rng)
@@ -76,10 +110,12 @@ def unlearning_loop(
             min(len(batches), math.ceil(len(batches) * k / cfg.checks_per_epoch))
             for k in range(1, cfg.checks_per_epoch + 1)
         }
-        desc = f"{name} epoch {epoch}" + ("" if mixed else " (forget only)")
+        forget_only = epoch <= cfg.forget_only_epochs
+        desc = f"{name} epoch {epoch}" + (" (forget only)" if forget_only else "")
         bar = tqdm(batches, desc=desc, disable=not progress, leave=False, unit="batch")
         model.train()
         for i, idx in enumerate(bar, start=1):
+            mixed = not forget_only or repair_left is not None
             ridx = rng.sample(range(n_retain), min(cfg.batch_size, n_retain)) if mixed else None
             loss = step(idx, ridx)
             loss.backward()
@@ -89,13 +125,15 @@ def unlearning_loop(
             bar.set_postfix(loss=f"{loss.item():.4f}")
             if on_step is not None:
                 on_step(epoch, i, len(batches), loss.item())
-            # No checks in forget-only epochs: the remembering term has not had its say yet,
-            # and a check costs as much as a tenth of an epoch.
-            if i not in checks or not mixed:
+            if repair_left is not None:
+                repair_left -= 1
+            repaired = repair_left == 0
+            if i not in checks and not repaired:
                 continue
             check = monitor.check(view)
             model.train()
-            history.append({"epoch": epoch, "batch": i, "mixed": mixed, **check.as_dict()})
+            point = {"epoch": epoch, "batch": i, "mixed": mixed, **check.as_dict()}
+            history.append(point)
             if progress:
                 tqdm.write(
                     f"{name} epoch {epoch} batch {i}: forget loss {check.forget_loss:.4f}, "
@@ -103,12 +141,23 @@ def unlearning_loop(
                 )
             reason = monitor.decide(check, reference_auc)
             if reason and reason.startswith("revert:"):
-                model.load_state_dict(good, strict=False)
                 bar.close()
+                if cfg.keep_best and best is not None:
+                    return finish(reason)
+                model.load_state_dict(good, strict=False)
                 return reason + " (reverted to the last check that passed)"
             good = snapshot()
-            if reason:
+            distance = abs(check.gap - cfg.stop.forget_margin)
+            if cfg.keep_best and (best is None or distance < best[0]):
+                best = (distance, good, point)
+            if repaired:
                 bar.close()
-                return reason
+                return finish(f"repaired for {cfg.repair_steps} mixed steps after: {begun}")
+            if reason and forget_only and cfg.repair_steps and repair_left is None:
+                repair_left, begun = cfg.repair_steps, reason  # forgotten: now repair utility
+                continue
+            if reason and repair_left is None:
+                bar.close()
+                return finish(reason)
         bar.close()
-    return f"reached max_epochs={cfg.stop.max_epochs}"
+    return finish(f"reached max_epochs={cfg.stop.max_epochs}")

@@ -89,11 +89,13 @@ def sharded_unlearn(
     by: Literal["sample", "user"],
     n_shards: int = 4,
     progress: bool = True,
+    valid: Sequence[Sample] | None = None,
 ) -> UnlearnResult:
     """Retrain, from the base, every shard that held a forget sample, on its remaining samples.
 
     A shard untouched by the deletion keeps its model; training it is the sharded system's
-    original cost, not the deletion's, and is left out of the time.
+    original cost, not the deletion's, and is left out of the time. ``valid`` is what each
+    shard's early stopping judges by (default ``task.valid``; ``[]`` for a fixed schedule).
     """
     name = "sisa" if by == "sample" else "receraser"
     forget_users = {s.user_id for s in task.forget}
@@ -113,7 +115,7 @@ def sharded_unlearn(
                 model,
                 task.catalog,
                 keep if affected else samples,
-                task.valid,
+                task.valid if valid is None else valid,
                 train_config,
                 progress=progress,
             )

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from e2urec.backbones import Backbone
 from e2urec.data.prepared import Catalog
 from e2urec.data.samples import Sample
-from e2urec.metrics import auc, log_loss
+from e2urec.metrics import auc, log_loss, mia_auc, sample_log_loss
 from e2urec.scoring import predict_like
 
 if TYPE_CHECKING:
@@ -34,12 +34,22 @@ class Check:
     forget_loss: float
     heldout_loss: float
     valid_auc: float
+    # A loss-threshold attack separating the forget subsample from the held-out one (what an
+    # attacker sees; NaN when there is no held-out set of the same period to compare with).
+    mia_auc: float = float("nan")
+
+    @property
+    def gap(self) -> float:
+        """How much better the model still fits the forget set than never-trained data: the
+        selective part of forgetting (a model that got worse everywhere keeps its gap)."""
+        return self.heldout_loss - self.forget_loss
 
     def as_dict(self) -> dict[str, float]:
         return {
             "forget_loss": self.forget_loss,
             "heldout_loss": self.heldout_loss,
             "valid_auc": self.valid_auc,
+            "mia_auc": self.mia_auc,
         }
 
 
@@ -67,6 +77,8 @@ class Monitor:
         self.forget_prompts = [catalog.prompt(s) for s in self.forget]
         self.valid_prompts = [catalog.prompt(s) for s in self.valid]
         self.heldout_prompts = [catalog.prompt(s) for s in self.heldout or []]
+        self.forget_labels = [s.label for s in self.forget]
+        self.heldout_labels = [s.label for s in self.heldout or []]
         self.rule = rule
         self.batch_size = batch_size
         self.seconds = 0.0  # time spent checking, reported apart from training
@@ -79,23 +91,28 @@ class Monitor:
         )
 
     def check(self, backbone: Backbone) -> Check:
-        forget = self.forget_loss(backbone)
         started = time.perf_counter()
+        member = self._losses(backbone, self.forget, self.forget_prompts)
         pv = predict_like(backbone, self.valid_prompts, batch_size=self.batch_size)
         labels_v = [s.label for s in self.valid]
-        level = log_loss(labels_v, pv)
+        level, mia = log_loss(labels_v, pv), float("nan")
         if self.heldout:
-            ph = predict_like(backbone, self.heldout_prompts, batch_size=self.batch_size)
-            level = log_loss([s.label for s in self.heldout], ph)
+            nonmember = self._losses(backbone, self.heldout, self.heldout_prompts)
+            level = float(nonmember.mean())
+            mia = mia_auc(member, nonmember, self.forget_labels, self.heldout_labels)
         self.seconds += time.perf_counter() - started
-        return Check(forget, level, auc(labels_v, pv))
+        return Check(float(member.mean()), level, auc(labels_v, pv), mia)
 
     def forget_loss(self, backbone: Backbone) -> float:
         """The loss on the forget subsample alone (how well a model remembers the forget set)."""
         started = time.perf_counter()
-        scores = predict_like(backbone, self.forget_prompts, batch_size=self.batch_size)
+        loss = float(self._losses(backbone, self.forget, self.forget_prompts).mean())
         self.seconds += time.perf_counter() - started
-        return log_loss([s.label for s in self.forget], scores)
+        return loss
+
+    def _losses(self, backbone: Backbone, samples: list[Sample], prompts: list):
+        scores = predict_like(backbone, prompts, batch_size=self.batch_size)
+        return sample_log_loss([s.label for s in samples], scores)
 
     def decide(self, check: Check, reference_auc: float) -> str | None:
         """None to go on; otherwise why to stop (prefixed "revert:" when the last step hurt)."""
