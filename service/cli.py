@@ -243,7 +243,7 @@ def batch_now() -> None:
 
     s = get_settings()
     with session_scope(s.db_url) as session:
-        policy = BatchPolicy(s.batch_size, s.batch_max_wait_seconds, s.batch_max_requests)
+        policy = BatchPolicy.from_settings(s)
         job = cut_batch(session, policy, force=True, actor="cli")
         job_id = job.id if job is not None else None
     if job_id is None:

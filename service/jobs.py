@@ -61,6 +61,40 @@ class BatchPolicy:
     size: int  # cut when this many requests are pending
     max_wait_seconds: float  # or when the oldest has waited this long
     max_requests: int  # at most this many in one batch
+    # ... but only once the batch holds this many forget samples (the quality gate's power);
+    # a batch that cannot reach it within gather_max_seconds goes to a consolidation instead.
+    min_forget_samples: int = 0
+    gather_max_seconds: float = float("inf")
+
+    @classmethod
+    def from_settings(cls, settings) -> BatchPolicy:
+        """The deployment's policy: its batch limits and the gate's minimum forget samples (a
+        gate that no batch can give power to sets no minimum)."""
+        return cls(
+            size=settings.batch_size,
+            max_wait_seconds=settings.batch_max_wait_seconds,
+            max_requests=settings.batch_max_requests,
+            min_forget_samples=(settings.gate_min_forget_samples() or 0)
+            if settings.batch_wait_for_gate_power
+            else 0,
+            gather_max_seconds=settings.batch_gather_max_seconds,
+        )
+
+
+def forget_sample_count(session: Session, user_ids: list[int]) -> int:
+    """About how many samples of these users the active base trained on: their ratings in its
+    training window, less each user's first (a sample needs a history). 0 without a base."""
+    from service.db.models import BaseModel
+
+    base = session.scalars(select(BaseModel).where(BaseModel.is_active)).first()
+    if base is None or not user_ids:
+        return 0
+    until = (base.metrics or {}).get("train_until")
+    query = select(Interaction.user_id, func.count()).where(Interaction.user_id.in_(user_ids))
+    if until is not None:
+        query = query.where(Interaction.ts <= until)
+    counts = session.execute(query.group_by(Interaction.user_id)).all()
+    return sum(max(0, n - 1) for _, n in counts)
 
 
 def cut_batch(
@@ -72,7 +106,9 @@ def cut_batch(
     now: datetime | None = None,
 ) -> UnlearningJob | None:
     """A new queued job holding the oldest pending requests, if the policy (or ``force``) says
-    it is time; ``None`` otherwise."""
+    it is time; ``None`` otherwise. A batch too small for the gate to judge waits for more
+    requests; past ``gather_max_seconds`` a consolidation is queued instead, which completes
+    every pending request (its base never sees their users)."""
     lock_queue(session)
     now = now or utcnow()
     pending = session.scalars(
@@ -93,6 +129,15 @@ def cut_batch(
         reason = f"forced by {actor}"
     else:
         return None
+    if policy.min_forget_samples and not force:
+        samples = forget_sample_count(session, [r.user_id for r in pending if r.user_id])
+        if 0 < samples < policy.min_forget_samples:
+            if waited < policy.gather_max_seconds:
+                return None  # the gate could not tell a no-op from forgetting: gather more
+            # Never enough for the gate in time: retraining without them always works.
+            request_consolidation(session, actor=f"{actor}: batch too small for the gate")
+            return None
+        reason += f"; {samples} forget samples (gate needs {policy.min_forget_samples})"
     job = UnlearningJob(
         kind=JobKind.unlearn,
         status=JobStatus.queued,

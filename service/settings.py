@@ -120,10 +120,38 @@ class Settings(BaseSettings):
         0.02, ge=0, description="Quality gate: validation AUC may fall at most this much"
     )
     gate_mia_band: float = Field(
-        0.1,
+        0.02,
         ge=0,
-        description="Quality gate: membership-inference AUC within 0.5 +- this (+ 2 standard "
-        "errors)",
+        description="Quality gate: attack AUC tolerated above 0.5 (beyond sampling noise)",
+    )
+    gate_false_alarm: float = Field(
+        0.05,
+        gt=0,
+        lt=0.5,
+        description="Quality gate: chance of failing a deletion that did forget (one-sided)",
+    )
+    gate_memorised_mia: float = Field(
+        0.65,
+        gt=0.5,
+        le=1.0,
+        description="Quality gate: the attack AUC of a no-op on memorised users it must catch",
+    )
+    batch_wait_for_gate_power: bool = Field(
+        True,
+        description="Hold a batch until it has the forget samples the gate needs for its power",
+    )
+    batch_gather_max_seconds: float = Field(
+        7 * 24 * 3600.0,
+        ge=0,
+        description="A batch short of the gate's forget samples waits at most this long for "
+        "more requests, then the base is consolidated instead (keep it below the deadline)",
+    )
+    gate_power: float = Field(
+        0.9,
+        gt=0.5,
+        lt=1.0,
+        description="Quality gate: chance of failing that no-op; batches wait for the forget "
+        "samples this needs",
     )
     orphan_grace_seconds: float = Field(
         600.0, ge=0, description="Registry folders no row names are deleted after this long"
@@ -176,6 +204,20 @@ class Settings(BaseSettings):
     @property
     def adapter_dir(self) -> Path:
         return self.registry_dir or self.data_dir / "adapters"
+
+    def gate_min_forget_samples(self) -> int | None:
+        """The fewest forget samples with which the quality gate fails a no-op adapter on users
+        memorised to ``gate_memorised_mia`` with probability ``gate_power`` (its held-out side
+        at ``valid_samples`` audit samples, the most a job uses). None: no batch can."""
+        from e2urec.metrics import min_forget_samples
+
+        return min_forget_samples(
+            self.gate_memorised_mia,
+            self.valid_samples,
+            self.gate_mia_band,
+            self.gate_false_alarm,
+            self.gate_power,
+        )
 
     def salt(self) -> bytes:
         """The user-hash salt: from settings, else generated once and kept in the data dir."""

@@ -143,3 +143,57 @@ def test_which_jobs_need_a_message(db):
         s.get(UnlearningJob, a).lease_expires_at = utcnow() - timedelta(seconds=1)
     with session_scope(db) as s:  # its worker died: both need a message again
         assert jobs_needing_a_message(s, now=utcnow() + timedelta(seconds=31)) == [a, b]
+
+
+def test_a_batch_waits_for_the_forget_samples_the_gate_needs_then_falls_back_to_consolidation(
+    db,
+):
+    from collections import Counter
+
+    from service.db.models import BaseModel, JobKind
+
+    ratings = Counter(x.user_id for x in small_dataset(users=30, items=30, per_user=8).interactions)
+    samples = {u: n - 1 for u, n in ratings.items()}  # a user's first rating has no history
+    with session_scope(db) as s:  # the base trained on every rating
+        s.add(BaseModel(path="/nowhere", checksum="0" * 64, is_active=True, metrics={}))
+    need = samples[1] + samples[2] + 1
+    assert samples[3] > 1 and samples[4] < need
+    policy = BatchPolicy(
+        size=2,
+        max_wait_seconds=60,
+        max_requests=100,
+        min_forget_samples=need,
+        gather_max_seconds=600,
+    )
+    _ask(db, 1, 2)  # one sample short: the gate could not tell a no-op from a deletion
+    with session_scope(db) as s:
+        assert cut_batch(s, policy) is None
+        assert cut_batch(s, policy, now=utcnow() + timedelta(seconds=61)) is None
+    _ask(db, 3)  # enough
+    with session_scope(db) as s:
+        job = cut_batch(s, policy)
+        assert job is not None and job.request_count == 3
+        have = samples[1] + samples[2] + samples[3]
+        assert f"{have} forget samples (gate needs {need})" in job.reason
+    _ask(db, 4)
+    with session_scope(db) as s:
+        assert cut_batch(s, policy, now=utcnow() + timedelta(seconds=300)) is None
+    with session_scope(db) as s:  # never enough in time: retraining without them always works
+        assert cut_batch(s, policy, now=utcnow() + timedelta(seconds=601)) is None
+        jobs = s.scalars(select(UnlearningJob).order_by(UnlearningJob.id)).all()
+        assert [j.kind for j in jobs] == [JobKind.unlearn, JobKind.consolidate]
+        assert "too small for the gate" in jobs[1].reason
+    with session_scope(db) as s:  # an operator's explicit cut is still obeyed
+        assert cut_batch(s, policy, force=True, actor="admin").request_count == 1
+    assert _statuses(db) == ["scheduled"] * 4
+
+
+def test_the_deployment_policy_waits_for_the_gates_power():
+    from service.settings import Settings
+
+    settings = Settings(database_url="sqlite://", api_keys={}, user_hash_salt="x")
+    needed = settings.gate_min_forget_samples()
+    assert needed is not None and 20 < needed < 200
+    assert BatchPolicy.from_settings(settings).min_forget_samples == needed
+    off = settings.model_copy(update={"batch_wait_for_gate_power": False})
+    assert BatchPolicy.from_settings(off).min_forget_samples == 0

@@ -32,6 +32,8 @@ def worker_env(settings, extra: dict[str, str] | None = None) -> dict[str, str]:
         "E2UREC_UNLEARN_MAX_EPOCHS": str(settings.unlearn_max_epochs),
         "E2UREC_GATE_MAX_AUC_DROP": str(settings.gate_max_auc_drop),
         "E2UREC_GATE_MIA_BAND": str(settings.gate_mia_band),
+        "E2UREC_GATE_FALSE_ALARM": str(settings.gate_false_alarm),
+        "E2UREC_BATCH_WAIT_FOR_GATE_POWER": str(settings.batch_wait_for_gate_power).lower(),
         "E2UREC_DEVICE": "cpu",
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith("E2UREC_")}

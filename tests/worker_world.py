@@ -85,6 +85,10 @@ def fresh_world(trained: Trained, data_dir: Path, **overrides) -> Iterator:
             "valid_samples": 300,
             "unlearn_max_epochs": 5,
             "adapter_poll_seconds": 1.0,
+            # These tests are about the lifecycle, on a base that barely memorises: batches of
+            # three users, and a gate that refuses a real deletion 1 time in 1,000, not 1 in 20.
+            "batch_wait_for_gate_power": False,
+            "gate_false_alarm": 0.001,
         } | overrides
         yield make_settings(url, data_dir, **values)
 

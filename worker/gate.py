@@ -6,7 +6,15 @@ from dataclasses import dataclass
 
 from e2urec.backbones import Backbone
 from e2urec.data import Catalog, Sample
-from e2urec.metrics import auc, auc_standard_error, log_loss, mia_auc, sample_log_loss
+from e2urec.metrics import (
+    auc,
+    auc_standard_error,
+    log_loss,
+    mia_auc,
+    mia_test_power,
+    mia_threshold,
+    sample_log_loss,
+)
 from e2urec.scoring import predict_like
 from service.settings import Settings
 
@@ -28,9 +36,17 @@ def quality_gate(
     settings: Settings,
 ) -> GateResult:
     """Publish only if (1) validation AUC fell at most ``gate_max_auc_drop`` from the model
-    serving now, and (2) a loss-threshold membership-inference attack cannot tell the forget
-    set from never-trained data of the same period (the audit users' samples): its AUC within
-    ``0.5 +- gate_mia_band``, allowing two standard errors of sampling noise."""
+    serving now, and (2) a loss-threshold membership-inference attack (one threshold per label)
+    cannot tell the forget set from never-trained data of the same period (the audit users'
+    samples).
+
+    (2) is a one-sided test with a stated power: the attack AUC must stay below
+    ``mia_threshold`` (0.5 + ``gate_mia_band`` + the ``1 - gate_false_alarm`` quantile of its
+    noise), so a deletion that forgot fails with probability at most ``gate_false_alarm``, and a
+    no-op on users memorised to ``gate_memorised_mia`` fails with probability ``mia_power``
+    (at least ``gate_power`` once the batch holds ``settings.gate_min_forget_samples()``). An AUC
+    far *below* 0.5 fails too: forget samples that look less familiar than never-seen data
+    single their users out just as well."""
     if not audit:
         raise ValueError(
             "no audit samples to check the forget set against: set E2UREC_AUDIT_FRACTION > 0 "
@@ -52,7 +68,7 @@ def quality_gate(
         out[f"forget_logloss_{name}"] = log_loss(labels_f, pf)
         out[f"audit_logloss_{name}"] = log_loss(labels_a, pa)
         out[f"mia_auc_{name}"] = mia_auc(
-            sample_log_loss(labels_f, pf), sample_log_loss(labels_a, pa)
+            sample_log_loss(labels_f, pf), sample_log_loss(labels_a, pa), labels_f, labels_a
         )
     reasons = []
     drop = out["valid_auc_before"] - out["valid_auc_after"]
@@ -62,15 +78,19 @@ def quality_gate(
             f"{out['valid_auc_after']:.4f}), more than {settings.gate_max_auc_drop}"
         )
     mia = out["mia_auc_after"]
-    # A few users give a few samples, and an AUC from 20 samples moves by 0.07 by chance alone:
-    # fail only when the attack's advantage exceeds the band by more than two standard errors.
-    se = auc_standard_error(mia, len(forget), len(audit))
-    out["mia_auc_standard_error"] = se
-    if abs(mia - 0.5) - 2 * se > settings.gate_mia_band:
+    n_f, n_a = len(forget), len(audit)
+    threshold = mia_threshold(n_f, n_a, settings.gate_mia_band, settings.gate_false_alarm)
+    floor = 1.0 - threshold  # the same test, for a forget set made to look *less* familiar
+    out["mia_auc_standard_error"] = auc_standard_error(mia, n_f, n_a)
+    out["mia_threshold"] = threshold
+    out["mia_power"] = mia_test_power(
+        settings.gate_memorised_mia, n_f, n_a, settings.gate_mia_band, settings.gate_false_alarm
+    )
+    if not floor <= mia <= threshold:
         reasons.append(
-            f"membership inference AUC {mia:.3f} (standard error {se:.3f}) is outside "
-            f"0.5 +- {settings.gate_mia_band}: the forget set still looks different from "
-            "never-trained data"
+            f"membership inference AUC {mia:.3f} is outside [{floor:.3f}, {threshold:.3f}] "
+            f"(0.5 +- {settings.gate_mia_band} plus noise for {n_f} forget and {n_a} held-out "
+            "samples): the forget set still looks different from never-trained data"
         )
     out["forget_samples"] = float(len(forget))
     out["audit_samples"] = float(len(audit))

@@ -25,17 +25,11 @@ from worker.purge import purge_superseded
 log = logging.getLogger(__name__)
 
 
-def policy(settings: Settings) -> BatchPolicy:
-    return BatchPolicy(
-        size=settings.batch_size,
-        max_wait_seconds=settings.batch_max_wait_seconds,
-        max_requests=settings.batch_max_requests,
-    )
-
-
 def reconcile(settings: Settings, *, send_all: bool = False, force_batch: bool = False) -> dict:
     with session_scope(settings.db_url) as session:
-        job = cut_batch(session, policy(settings), force=force_batch, actor="tick")
+        job = cut_batch(
+            session, BatchPolicy.from_settings(settings), force=force_batch, actor="tick"
+        )
         cut = job.id if job is not None else None
     with session_scope(settings.db_url) as session:
         # Marked as sent under the queue lock, before sending: two ticks at once cannot both

@@ -156,6 +156,8 @@ def run_unlearning(settings: Settings, job_id: int, owner: str, attempt: int, le
         return f"job {job_id}: its users had no training samples; data deleted, nothing trained"
 
     cfg = E2URecConfig(
+        # the forget-only phase leaves at least one epoch for the repair (and fits short runs)
+        forget_only_epochs=min(E2URecConfig.forget_only_epochs, settings.unlearn_max_epochs - 1),
         min_steps_per_epoch=settings.unlearn_min_steps,
         # The checks score every held-out sample; at 4 per epoch they were over half of a
         # 100-user job on CPU (217 of 400 s).
@@ -193,6 +195,7 @@ def run_unlearning(settings: Settings, job_id: int, owner: str, attempt: int, le
             # job passes its gate without the forget loss moving.
             "teacher_forget_loss": result.details.get("teacher_forget_loss", {}),
             "augment": result.details.get("augment", {}),
+            "alpha": result.details.get("alpha"),
             "stopped": result.stopped,
             "trainable_parameters": result.trainable_parameters,
             "config": asdict(cfg),

@@ -166,9 +166,7 @@ def retry(job_id: JobId, settings: SettingsDep, caller: AdminCaller) -> JobOut:
 )
 def batch_now(settings: SettingsDep, caller: AdminCaller, response: Response) -> JobOut | None:
     with session_scope(settings.db_url) as session:
-        policy = BatchPolicy(
-            settings.batch_size, settings.batch_max_wait_seconds, settings.batch_max_requests
-        )
+        policy = BatchPolicy.from_settings(settings)
         job = cut_batch(session, policy, force=True, actor=caller.name)
         body = JobOut.of(job) if job is not None else None
     if body is None:
