@@ -1,13 +1,17 @@
 """End to end: from forget requests to the adapter that forgets them serving, for batches of
 10 and 100 users, through the real stack (API, Celery worker and beat, Redis, PostgreSQL).
 
-The base model (tiny, trained on a synthetic catalogue) is trained once into ``--work``. For each
-batch size, a fresh PostgreSQL database gets the catalogue and the base; the API, a worker and
-beat start as processes; N forget requests are sent (the batch is cut when the N-th arrives);
-the clock stops when every request is completed and ``/ready`` reports the new adapter. Writes
+The base model (tiny, trained on a synthetic catalogue) is trained once into ``--work``. With
+``--regime memorising`` it is trained the way the memorising benchmark trains its Original: the
+users the bench will forget (1..N for the largest batch) are seen ``--repeat`` times an epoch,
+and every epoch runs (no early stopping), so there is something to forget and the forget loss,
+held-out (audit) loss and attack AUC before and after show whether it was. For each batch size,
+a fresh PostgreSQL database gets the catalogue and the base; the API, a worker and beat start as
+processes; N forget requests are sent (the batch is cut when the N-th arrives); the clock stops
+when every request is completed and ``/ready`` reports the new adapter. Writes
 ``worker_e2e.json`` and ``worker_e2e.md``.
 
-    python bench/worker_e2e.py --out bench/results/worker-e2e-cpu
+    python bench/worker_e2e.py --regime memorising --out bench/results/worker-e2e-memorising-cpu
 """
 
 from __future__ import annotations
@@ -31,7 +35,15 @@ KEY = "bench-key-0123456789abcdef"
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
-def train_once(work: Path, users: int, items: int, per_user: int, epochs: int) -> dict:
+def train_once(
+    work: Path,
+    users: int,
+    items: int,
+    per_user: int,
+    epochs: int,
+    memorise: set[int] | None = None,
+    repeat: int = 1,
+) -> dict:
     """The catalogue and a trained base, kept in ``work`` across runs."""
     from e2urec.data import SyntheticConfig, generate_synthetic
     from service.bootstrap import train_base
@@ -61,6 +73,9 @@ def train_once(work: Path, users: int, items: int, per_user: int, epochs: int) -
         samples=0,
         seed=0,
         log=print,
+        memorise_users=memorise,
+        repeat=repeat,
+        early_stop=not memorise,
     )
     recipe_file.write_text(json.dumps(recipe, default=str))
     return recipe
@@ -200,6 +215,7 @@ def run_batch(n: int, url: str, work: Path, redis_url: str, port: int) -> dict:
         "gate": m["gate"],
         "teacher_forget_loss": m.get("teacher_forget_loss", {}),
         "augment": m.get("augment", {}),
+        "alpha": m.get("alpha"),
     }
 
 
@@ -214,6 +230,10 @@ def main(
     items: int = 300,
     per_user: int = 30,
     epochs: int = 4,
+    regime: Annotated[
+        str, typer.Option(help="'paper' (early-stopped base) or 'memorising' (see above)")
+    ] = "memorising",
+    repeat: int = 4,
     pg: Annotated[str, typer.Option(help="PostgreSQL admin URL")] = (
         "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
     ),
@@ -221,7 +241,12 @@ def main(
     port: int = 8766,
 ) -> None:
     sizes = batches or [10, 100]
-    recipe = train_once(work, users, items, per_user, epochs)
+    if regime not in ("paper", "memorising"):
+        raise typer.BadParameter("choose 'paper' or 'memorising'", param_hint="--regime")
+    memorise = set(range(1, max(sizes) + 1)) if regime == "memorising" else None
+    work = work / regime  # a base per regime
+    recipe = train_once(work, users, items, per_user, epochs, memorise, repeat)
+
     results = []
     for n in sizes:
         url = fresh_database(pg)
@@ -249,12 +274,17 @@ def main(
         f"the real stack (uvicorn API, Celery worker and beat, Redis, PostgreSQL), tiny backbone "
         f"on the CPU. Synthetic catalogue: {users} users, {items} items, {per_user} ratings "
         f"each; base trained {recipe.get('seconds', 0):.0f}s on {recipe.get('train_samples')} "
-        "samples.",
+        f"samples ({regime} regime: {recipe.get('memorised_users', 0)} users seen "
+        f"{recipe.get('repeat', 1)}x an epoch, early stopping "
+        f"{'on' if recipe.get('early_stop', True) else 'off'}). Held-out loss and the attack "
+        "use the audit users (never trained on, same period); the attack sets one threshold "
+        "per label.",
         "",
         "| users | forget samples | requests accepted | requests completed | adapter serving | "
         "job | E2URec stages | stop | forget loss before -> after (teacher asked) | "
-        "valid AUC before -> after | MIA AUC before -> after |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "held-out loss before -> after | valid AUC before -> after | "
+        "MIA AUC before -> after (gate's bound) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         g = r["gate"]
@@ -265,8 +295,10 @@ def main(
             f"{r['job_seconds']:.1f}s | {stages} | {r['stopped']} | "
             f"{g['forget_logloss_before']:.3f} -> {g['forget_logloss_after']:.3f} "
             f"({r['teacher_forget_loss'].get('forced', float('nan')):.3f}) | "
+            f"{g['audit_logloss_before']:.3f} -> {g['audit_logloss_after']:.3f} | "
             f"{g['valid_auc_before']:.3f} -> {g['valid_auc_after']:.3f} | "
-            f"{g['mia_auc_before']:.3f} -> {g['mia_auc_after']:.3f} |"
+            f"{g['mia_auc_before']:.3f} -> {g['mia_auc_after']:.3f} "
+            f"({g.get('mia_threshold', float('nan')):.3f}) |"
         )
     lines += [
         "",

@@ -83,10 +83,17 @@ def train_base(
     progress: bool = True,
     on_step: Callable[[int, int, float], None] | None = None,
     exclude_users: set[int] | None = None,
+    memorise_users: set[int] | None = None,
+    repeat: int = 1,
+    early_stop: bool = True,
 ) -> dict:
     """Train on what the database holds now and save to ``out``; returns the metrics and the
     recipe to record with the model. Quarantined users are left out, or exactly
-    ``exclude_users`` when given (a consolidation completes those users' requests after)."""
+    ``exclude_users`` when given (a consolidation completes those users' requests after).
+
+    ``memorise_users`` have their samples seen ``repeat`` times an epoch, and ``early_stop``
+    off trains every epoch: a base that remembers those users, for benchmarks and tests of
+    forgetting (the canaries of the memorising benchmark)."""
     with session_scope(settings.db_url, write=False) as session:
         if exclude_users is None:
             dataset = dataset_from_db(session, include_quarantined=False)
@@ -109,9 +116,16 @@ def train_base(
         f"{model.device}) on {len(splits.train):,} samples"
     )
     train_cfg = TrainConfig(epochs=epochs, lr=lr, seed=seed)
+    canaries = [s for s in splits.train if s.user_id in (memorise_users or set())]
     started = time.perf_counter()
     result = train_llmrec(
-        model, catalog, splits.train, splits.valid, train_cfg, progress=progress, on_step=on_step
+        model,
+        catalog,
+        splits.train + canaries * (repeat - 1),
+        splits.valid if early_stop else [],
+        train_cfg,
+        progress=progress,
+        on_step=on_step,
     )
     metrics = {}
     for name in ("valid", "test"):
@@ -123,6 +137,9 @@ def train_base(
         "sample_config": asdict(config),
         "train_config": config_dict(train_cfg),
         "train_samples": len(splits.train),
+        "memorised_users": len({s.user_id for s in canaries}),
+        "repeat": repeat,
+        "early_stop": early_stop,
         "audit_fraction": settings.audit_fraction,
         "audit_users": len(audit),
         # Samples after this time were never trained on: unlearning's held-out data.
