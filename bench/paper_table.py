@@ -428,26 +428,50 @@ def forgetting(results: dict[int, dict[str, dict]]) -> list[str]:
 
 
 def write_plot(results: dict[int, dict[str, dict]], out: Path) -> None:
+    """Left: unlearning time against JSD to Retrain. Right: what an attacker sees, the MIA AUC
+    of every method, between the Original (remembers) and Retrain (never saw the data)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    names, mias, spreads = [], [], []
     for m in ORDER:
-        rows = [r[m] for r in results.values() if m in r and "jsd" in r[m]]
+        rows = [r[m] for r in results.values() if m in r]
         if not rows:
+            continue
+        values = [row["mia_auc"] for row in rows]
+        names.append(m)
+        mias.append(statistics.mean(values))
+        spreads.append(statistics.stdev(values) if len(values) > 1 else 0.0)
+        if m == "retrain" or "jsd" not in rows[0]:
             continue
         x = statistics.mean(row["seconds"] for row in rows)
         y = statistics.mean(row["jsd"] * 100 for row in rows)
         # A legend, not labels by the points: the E2URec variants sit on top of each other.
-        ax.scatter(x, y, s=40, label=m, marker="*" if m.startswith("e2urec") else "o")
-    ax.set_yscale("log")  # from about 1 (E2URec) to about 20 (Bad-T)
-    ax.legend(fontsize=7, loc="best")
-    ax.set_xlabel("unlearning time (s)")
-    ax.set_ylabel("JSD to Retrain (x100, log; lower is better)")
-    ax.set_title("Unlearning: time vs closeness to retraining")
-    ax.grid(alpha=0.3)
+        left.scatter(x, y, s=40, label=m, marker="*" if m.startswith("e2urec") else "o")
+    left.set_yscale("log")
+    left.legend(fontsize=7, loc="best")
+    left.set_xlabel("unlearning time (s; the Original's: its training)")
+    left.set_ylabel("JSD to Retrain (x100, log; lower is better)")
+    left.set_title("Time vs closeness to retraining")
+    left.grid(alpha=0.3)
+    colors = [
+        "tab:red" if n == "original" else "tab:green" if n == "retrain" else "tab:blue"
+        for n in names
+    ]
+    right.barh(names, mias, xerr=spreads, color=colors)
+    right.axvline(0.5, color="grey", linestyle=":", label="cannot tell (0.5)")
+    if "original" in names:
+        right.axvline(mias[names.index("original")], color="tab:red", linestyle="--", lw=1)
+    if "retrain" in names:
+        right.axvline(mias[names.index("retrain")], color="tab:green", linestyle="--", lw=1)
+    right.invert_yaxis()
+    right.set_xlim(0.35, max(mias) + 0.08)
+    right.set_xlabel("attack (MIA) AUC on the forget set, mean ± sd")
+    right.set_title("What an attacker sees (Retrain = target)")
+    right.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     fig.savefig(out / "time_vs_jsd.png", dpi=120)
 

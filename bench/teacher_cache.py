@@ -60,7 +60,14 @@ def main(
     scores: dict[str, np.ndarray] = {}
     for _ in range(repeats):
         for name, cache in (("cached", True), ("every step", False)):
-            cfg = E2URecConfig(cache_teachers=cache, stop=stop, lora_dropout=0.0, seed=seed)
+            cfg = E2URecConfig(
+                cache_teachers=cache,
+                stop=stop,
+                lora_dropout=0.0,
+                seed=seed,
+                forget_only_epochs=1,  # a fixed schedule, as before the forget-only phase grew
+                keep_best=False,
+            )
             result = e2urec_unlearn(original, task, cfg, progress=False)
             stages = result.details["stage_seconds"]
             runs[name].append(

@@ -105,7 +105,7 @@ class Settings(BaseSettings):
     valid_samples: int = Field(2000, ge=10, description="Held-out samples for the checks")
     unlearn_max_epochs: int = Field(5, ge=2, description="E2URec epochs at most")
     unlearn_min_steps: int = Field(
-        30, ge=0, description="E2URec steps per epoch at least (small batches cycle the data)"
+        60, ge=0, description="E2URec steps per epoch at least (small batches cycle the data)"
     )
     unlearn_checks_per_epoch: int = Field(
         2, ge=1, description="E2URec stop-rule checks per epoch (each scores the held-out samples)"

@@ -84,6 +84,7 @@ def fresh_world(trained: Trained, data_dir: Path, **overrides) -> Iterator:
             "retain_ratio": 2.0,
             "valid_samples": 300,
             "unlearn_max_epochs": 5,
+            "unlearn_min_steps": 30,
             "adapter_poll_seconds": 1.0,
             # These tests are about the lifecycle, on a base that barely memorises: batches of
             # three users, and a gate that refuses a real deletion 1 time in 1,000, not 1 in 20.

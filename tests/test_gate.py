@@ -1,0 +1,81 @@
+"""The quality gate's membership test has power: it refuses an adapter that changed nothing
+for users the base memorised, and lets through one that made them look never-seen."""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import pytest
+from peft import LoraConfig, get_peft_model
+
+from e2urec.backbones import Backbone, load_backbone
+from e2urec.data import Catalog, SampleConfig, SyntheticConfig, generate_synthetic, make_splits
+from e2urec.evaluate import evaluate
+from e2urec.lora import attention_qv_targets
+from e2urec.training import TrainConfig, train_llmrec
+from e2urec.unlearn import E2URecConfig, StopRule, UnlearnTask, e2urec_unlearn
+from service.settings import Settings
+from worker.gate import quality_gate
+
+
+@pytest.fixture(scope="module")
+def memorised():
+    """A tiny LLMRec that saw its forget users' samples six times an epoch (canaries), and
+    held-out users it never saw: half judge the gate, half set the stop rule's level."""
+    ds = generate_synthetic(SyntheticConfig(users=60, items=60, ratings_per_user=20, seed=5))
+    splits = make_splits(
+        ds, SampleConfig(max_samples=None, forget_fraction=0.25, heldout_fraction=0.3, seed=1)
+    )
+    catalog = Catalog.of(ds)
+    original = load_backbone("tiny", corpus=catalog.tokenizer_corpus(splits.train), seed=0)
+    train_llmrec(
+        original,
+        catalog,
+        splits.retain + splits.forget * 6,
+        [],  # a fixed schedule: no early stopping on held-out data
+        TrainConfig(epochs=4, lr=3e-3, seed=0),
+        progress=False,
+    )
+    heldout = splits.heldout
+    random.Random(0).shuffle(heldout)
+    audit, level = heldout[: len(heldout) // 2], heldout[len(heldout) // 2 :]
+    task = UnlearnTask(catalog, splits.retain, splits.forget, splits.valid, heldout=level)
+    return original, task, audit
+
+
+def _settings() -> Settings:
+    return Settings(database_url="sqlite://", api_keys={}, user_hash_salt="test-salt")
+
+
+def _noop(original: Backbone) -> Backbone:
+    """A LoRA adapter as peft initialises it (B = 0): it changes no output."""
+    config = LoraConfig(r=16, lora_alpha=32, target_modules=attention_qv_targets(original.model))
+    model = get_peft_model(copy.deepcopy(original.model), config).eval()
+    return Backbone(model, original.tokenizer, original.spec, {"adapter": "noop"})
+
+
+@pytest.mark.slow
+def test_the_gate_refuses_a_noop_and_passes_a_real_deletion(memorised):
+    original, task, audit = memorised
+    settings = _settings()
+    needed = settings.gate_min_forget_samples()
+    assert needed is not None and len(task.forget) >= needed, (len(task.forget), needed)
+    # the base really remembers these users: the attack sees them
+    metrics, _ = evaluate(original, task.catalog, task.valid[:200], task.forget, audit)
+    assert metrics["mia_auc"] >= 0.6, metrics
+
+    noop = quality_gate(
+        original, _noop(original), task.catalog, task.valid, task.forget, audit, settings
+    )
+    assert not noop.passed
+    assert any("membership inference" in r for r in noop.reasons), noop.reasons
+    assert noop.metrics["mia_power"] >= settings.gate_power
+
+    cfg = E2URecConfig(stop=StopRule(max_epochs=4, eval_samples=500), seed=0)
+    result = e2urec_unlearn(original, task, cfg, progress=False)
+    real = quality_gate(
+        original, result.backbone, task.catalog, task.valid, task.forget, audit, settings
+    )
+    assert real.passed, (real.reasons, real.metrics, result.history)
+    assert real.metrics["mia_auc_after"] < noop.metrics["mia_auc_after"]
