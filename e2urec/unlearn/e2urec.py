@@ -159,6 +159,8 @@ def train_augmented(
     makes short epochs, so they are counted in rounds of at least ``min_steps_per_epoch`` steps.
     """
     aug = Backbone(copy.deepcopy(original.model), original.tokenizer, original.spec)
+    if cfg.aug_mode == "full":  # a warm start's original is a frozen merged teacher: unfreeze
+        aug.model.requires_grad_(True)
     lr = cfg.aug_lr
     steps_per_epoch = math.ceil(len(task.forget) / cfg.batch_size)
     per_round = max(1, math.ceil(cfg.min_steps_per_epoch / steps_per_epoch))
