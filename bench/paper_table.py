@@ -171,27 +171,22 @@ def run_seed(args: dict, seed: int, progress: bool) -> dict[str, dict]:
         eval_samples=args["check_samples"],
         max_valid_auc_drop=args["max_auc_drop"],
     )
+
+    def sharded(by: str):
+        return sharded_unlearn(
+            original,
+            task,
+            world.original_train,
+            train_cfg,
+            args["backbone"],
+            by=by,
+            progress=progress,
+            valid=world.valid,
+        )
+
     methods = {
-        "sisa": lambda: sharded_unlearn(
-            original,
-            task,
-            world.original_train,
-            train_cfg,
-            args["backbone"],
-            by="sample",
-            progress=progress,
-            valid=world.valid,
-        ),
-        "receraser": lambda: sharded_unlearn(
-            original,
-            task,
-            world.original_train,
-            train_cfg,
-            args["backbone"],
-            by="user",
-            progress=progress,
-            valid=world.valid,
-        ),
+        "sisa": lambda: sharded("sample"),
+        "receraser": lambda: sharded("user"),
         "negkl": lambda: negkl(
             original, task, FinetuneConfig(stop=stop, seed=seed), progress=progress
         ),

@@ -24,6 +24,7 @@ from service import audit
 from service.db.models import (
     AdapterStatus,
     AdapterVersion,
+    BaseModel,
     Certificate,
     ForgetRequest,
     Interaction,
@@ -84,8 +85,6 @@ class BatchPolicy:
 def forget_sample_count(session: Session, user_ids: list[int]) -> int:
     """About how many samples of these users the active base trained on: their ratings in its
     training window, less each user's first (a sample needs a history). 0 without a base."""
-    from service.db.models import BaseModel
-
     base = session.scalars(select(BaseModel).where(BaseModel.is_active)).first()
     if base is None or not user_ids:
         return 0

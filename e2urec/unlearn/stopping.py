@@ -92,12 +92,12 @@ class Monitor:
 
     def check(self, backbone: Backbone) -> Check:
         started = time.perf_counter()
-        member = self._losses(backbone, self.forget, self.forget_prompts)
+        member = self._losses(backbone, self.forget_prompts, self.forget_labels)
         pv = predict_like(backbone, self.valid_prompts, batch_size=self.batch_size)
         labels_v = [s.label for s in self.valid]
         level, mia = log_loss(labels_v, pv), float("nan")
         if self.heldout:
-            nonmember = self._losses(backbone, self.heldout, self.heldout_prompts)
+            nonmember = self._losses(backbone, self.heldout_prompts, self.heldout_labels)
             level = float(nonmember.mean())
             mia = mia_auc(member, nonmember, self.forget_labels, self.heldout_labels)
         self.seconds += time.perf_counter() - started
@@ -106,13 +106,13 @@ class Monitor:
     def forget_loss(self, backbone: Backbone) -> float:
         """The loss on the forget subsample alone (how well a model remembers the forget set)."""
         started = time.perf_counter()
-        loss = float(self._losses(backbone, self.forget, self.forget_prompts).mean())
+        loss = float(self._losses(backbone, self.forget_prompts, self.forget_labels).mean())
         self.seconds += time.perf_counter() - started
         return loss
 
-    def _losses(self, backbone: Backbone, samples: list[Sample], prompts: list):
+    def _losses(self, backbone: Backbone, prompts: list, labels: list[int]):
         scores = predict_like(backbone, prompts, batch_size=self.batch_size)
-        return sample_log_loss([s.label for s in samples], scores)
+        return sample_log_loss(labels, scores)
 
     def decide(self, check: Check, reference_auc: float) -> str | None:
         """None to go on; otherwise why to stop (prefixed "revert:" when the last step hurt)."""
