@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +85,20 @@ class _Control:
 _STOP = object()
 
 
+def _settle(future: Future, result: Any = None, exc: BaseException | None = None) -> None:
+    """Answer a future unless its caller gave up on it: a cancelled or already answered future
+    is skipped, so a client that timed out can never raise into the loop."""
+    if future.done():
+        return
+    try:
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+    except InvalidStateError:  # cancelled between the check and the answer
+        pass
+
+
 class InferenceEngine:
     def __init__(
         self,
@@ -110,7 +124,11 @@ class InferenceEngine:
         self.on_batch = on_batch  # (requests, rows) after each batch, for metrics
         self._queue: queue.Queue = queue.Queue()
         self._carry: deque[_Request] = deque()  # taken from the queue but left for next batch
+        self._current: list[_Request] = []  # the batch being scored
         self._thread: threading.Thread | None = None
+        self._stopped = False  # stop() was asked for: a dead loop is then not restarted
+        self.deaths = 0  # loops that ended without being asked to (see ensure_running)
+        self.errors = 0  # exceptions the loop caught and survived
         self._adapter_name: str | None = None
         for p in backbone.model.parameters():
             p.requires_grad_(False)
@@ -124,11 +142,13 @@ class InferenceEngine:
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> InferenceEngine:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
+            self._stopped = False
+            self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
             self._thread.start()
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
+        self._stopped = True
         if self._thread is not None:
             self._queue.put(_STOP)
             self._thread.join(timeout)
@@ -137,6 +157,20 @@ class InferenceEngine:
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def dead(self) -> bool:
+        """The loop ended without stop(): nothing answers until ensure_running()."""
+        return not self._stopped and self._thread is not None and not self._thread.is_alive()
+
+    def ensure_running(self) -> bool:
+        """The supervisor's hook: restart a loop that died. True if it restarted one."""
+        if not self.dead:
+            return False
+        log.error("the inference loop had died (%d so far); restarting it", self.deaths)
+        self._thread = None
+        self.start()
+        return True
 
     # -- requests --------------------------------------------------------------------------
     def submit(self, prefix: str, suffixes: Sequence[str]) -> Future:
@@ -177,19 +211,34 @@ class InferenceEngine:
         return future
 
     # -- the loop ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException:  # noqa: BLE001 - logged; the thread ends and is restarted
+            # Only a BaseException (or a bug outside the guarded steps) gets here. The thread
+            # ends; whoever waits is told now rather than timing out, and the supervisor
+            # (ModelSync, /health) sees `dead` and restarts the loop.
+            self.deaths += 1
+            log.exception("the inference loop died")
+            self._fail_waiting(RuntimeError("the inference engine restarted; retry"))
+
     def _loop(self) -> None:
         while True:
             item = self._carry.popleft() if self._carry else self._queue.get()
             if item is _STOP:
                 self._fail_waiting()
                 return
-            if isinstance(item, _Control):
-                self._run_control(item)
-                continue
-            batch, control = self._gather(item)
-            self._score_batch(batch)
-            if control is not None:
-                self._run_control(control)
+            try:
+                if isinstance(item, _Control):
+                    self._run_control(item)
+                    continue
+                batch, control = self._gather(item)
+                self._score_batch(batch)
+                if control is not None:
+                    self._run_control(control)
+            except Exception:  # never let one request's failure end the loop
+                self.errors += 1
+                log.exception("the inference loop caught an error and goes on")
 
     def _gather(self, first: _Request) -> tuple[list[_Request], _Control | None]:
         batch, rows = [first], len(first.suffixes)
@@ -222,34 +271,53 @@ class InferenceEngine:
         return batch, None
 
     def _run_control(self, control: _Control) -> None:
+        if not control.future.set_running_or_notify_cancel():
+            return  # whoever asked gave up before it started: do not apply it
         try:
-            control.future.set_result(control.action())
+            result = control.action()
         except Exception as exc:  # reported to whoever asked; serving goes on
-            control.future.set_exception(exc)
+            _settle(control.future, exc=exc)
+            return
+        except BaseException:
+            _settle(control.future, exc=RuntimeError("the inference engine died applying it"))
+            raise
+        _settle(control.future, result)
 
-    def _fail_waiting(self) -> None:
+    def _fail_waiting(self, exc: Exception | None = None) -> None:
+        current = self._current
+        self._current = []
+        for request in current:
+            _settle(request.future, exc=exc or RuntimeError("the inference engine stopped"))
         while True:
             try:
                 item = self._carry.popleft() if self._carry else self._queue.get_nowait()
             except queue.Empty:
                 return
             if isinstance(item, _Request | _Control):
-                item.future.set_exception(RuntimeError("the inference engine stopped"))
+                _settle(item.future, exc=exc or RuntimeError("the inference engine stopped"))
 
     def _score_batch(self, batch: list[_Request]) -> None:
+        # A request whose client gave up (timed out, disconnected) is dropped unscored; the
+        # others are marked running so they can no longer be cancelled under the loop.
+        batch = [r for r in batch if r.future.set_running_or_notify_cancel()]
+        if not batch:
+            return
+        self._current = batch  # told of the failure if the loop dies while scoring them
         started = time.perf_counter()
         version = self.version  # fixed for the whole batch: swaps only happen between batches
         rows = sum(len(r.suffixes) for r in batch)
         try:
             results = self._scores(batch)
         except Exception as exc:
+            self._current = []
             log.exception("scoring a batch of %d rows failed", rows)
             for request in batch:
-                request.future.set_exception(exc)
+                _settle(request.future, exc=exc)
             return
+        self._current = []
         for request, scores in zip(batch, results, strict=True):
             wait_ms = (started - request.submitted) * 1000
-            request.future.set_result(Scored(scores, version, rows, wait_ms))
+            _settle(request.future, Scored(scores, version, rows, wait_ms))
         if self.on_batch is not None:
             self.on_batch(len(batch), rows)
 

@@ -116,6 +116,21 @@ class Metrics:
             "e2urec_active_base_version", "Base model version serving", registry=r
         )
         self.swaps = Counter("e2urec_model_swaps", "Model swaps by outcome", ["result"], registry=r)
+        self.behind_registry = Gauge(
+            "e2urec_serving_behind_registry",
+            "1 while this process cannot serve the registry's active version (it then answers "
+            "without personalisation and /ready is 503)",
+            registry=r,
+        )
+        self.unpersonalised = Counter(
+            "e2urec_unpersonalised_answers",
+            "GET /recommend answered with popular items, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.engine_restarts = Counter(
+            "e2urec_engine_restarts", "Inference loops found dead and restarted", registry=r
+        )
         self.swap_pause = Histogram(
             "e2urec_model_swap_pause_seconds",
             "Time serving paused between two batches to apply a swap",

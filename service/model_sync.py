@@ -3,6 +3,12 @@ once, a database poll catches anything the notice missed (Redis down, message lo
 
 Loading (reading files, verifying checksums) happens on this thread, off the request path; only
 the final switch runs on the engine's loop, between two batches.
+
+Fail closed: the engine may hold an older version (a fresh process has only the base; a swap can
+fail), but only the registry's active version may answer personalised requests. While this
+process cannot load it, :meth:`ModelSync.behind` says why, ``/ready`` is 503 and ``/recommend``
+answers without personalisation; the load is retried with exponential backoff, each failure is
+counted and audited. The poll thread is also the engine's supervisor: a dead loop is restarted.
 """
 
 from __future__ import annotations
@@ -63,8 +69,10 @@ class ModelSync:
         self.make_engine = make_engine  # (backbone, version) -> a started engine
         self.on_engine = on_engine
         self.engine: InferenceEngine | None = None
-        self.failed: dict[int, str] = {}  # adapter versions this process could not load
-        self.last_error: str | None = None
+        self.target: ModelVersion | None = None  # what the registry said must serve, last read
+        self.last_error: str | None = None  # detail for logs and operators, never for clients
+        # ("base" | "adapter", id) -> (failed attempts, monotonic time of the next try)
+        self._retry: dict[tuple[str, int], tuple[int, float]] = {}
         self.process = process_name()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -94,16 +102,82 @@ class ModelSync:
 
     def _poll(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(self.settings.adapter_poll_seconds)
+            self._wake.wait(self._next_wait())
             self._wake.clear()
             if self._stop.is_set():
                 return
+            self.supervise()
             try:
                 self.sync_once()
-                self.last_error = None
-            except Exception as exc:  # database away: keep serving what we have, retry later
+            except Exception as exc:  # database away: /recommend checks the registry itself
                 self.last_error = str(exc)
                 log.warning("model sync failed: %s", exc)
+
+    def _next_wait(self) -> float:
+        """The poll interval, or sooner when a failed load is due for its retry."""
+        wait = self.settings.adapter_poll_seconds
+        now = time.monotonic()
+        for _, at in self._retry.values():
+            wait = min(wait, max(at - now, 0.01))
+        return wait
+
+    def supervise(self) -> None:
+        """Restart the engine's loop if it died (see InferenceEngine.ensure_running)."""
+        if self.engine is not None and self.engine.ensure_running():
+            self.metrics.engine_restarts.inc()
+            self._record(0, "engine", "restarted", deaths=self.engine.deaths)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- fail closed ---------------------------------------------------------------------------
+    def behind(self, base: int | None, adapter: int | None) -> str | None:
+        """Why this process must not answer personalised requests for the registry's active
+        version ``(base, adapter)``, or None when its engine serves exactly that version. The
+        text is for clients: it names versions, never internal errors."""
+        engine = self.engine
+        if base is None:
+            return "no base model is registered: run e2urec-service bootstrap"
+        if engine is None:
+            return f"base model {base} is not loaded yet"
+        if not engine.running:
+            return "the inference engine is restarting"
+        if engine.version == ModelVersion(base, adapter):
+            return None
+        want = ModelVersion(base, adapter).label
+        failed = self._retry.get(("adapter", adapter) if adapter else ("base", base))
+        if failed is not None:  # the retry has its own schedule (backoff)
+            return f"{want} could not be loaded yet ({failed[0]} attempts); retrying"
+        self._wake.set()  # the registry moved on: load it now rather than at the next poll
+        return f"{want} is being loaded"
+
+    def _failed(self, kind: str, entity_id: int, exc: Exception) -> None:
+        attempts = self._retry.get((kind, entity_id), (0, 0.0))[0] + 1
+        delay = min(self.settings.adapter_poll_seconds * 2 ** (attempts - 1), 300.0)
+        self._retry[(kind, entity_id)] = (attempts, time.monotonic() + delay)
+        self.last_error = str(exc)
+        self.metrics.swaps.labels("failed").inc()
+        log.error(
+            "%s %s not loaded (attempt %d, next in %.1fs); personalised answers are off until "
+            "it is: %s",
+            kind,
+            entity_id,
+            attempts,
+            delay,
+            exc,
+        )
+        self._record(
+            entity_id,
+            "adapter" if kind == "adapter" else "base_model",
+            "load_failed",
+            error=str(exc),
+            attempt=attempts,
+            retry_in_seconds=round(delay, 3),
+        )
+
+    def _due(self, kind: str, entity_id: int) -> bool:
+        retry = self._retry.get((kind, entity_id))
+        return retry is None or time.monotonic() >= retry[1]
 
     def _listen(self) -> None:
         import redis
@@ -140,18 +214,31 @@ class ModelSync:
                     session.expunge(base)
                 if adapter is not None:
                     session.expunge(adapter)
-            if base is None:
-                return None
-            if self.engine is None or self.engine.version.base != base.id:
-                self._load_base(base)
             want = adapter.id if adapter is not None else None
-            if self.engine.version.adapter != want:
-                if adapter is None:
-                    self.engine.swap_adapter(None, ModelVersion(base.id, None)).result()
-                elif adapter.id not in self.failed:
-                    self._load_adapter(adapter)
-            self._publish_gauges()
-            return self.engine.version
+            self.target = ModelVersion(base.id, want) if base is not None else None
+            try:
+                if base is None:
+                    return None
+                if self.engine is None or self.engine.version.base != base.id:
+                    if not self._due("base", base.id):
+                        return self.engine.version if self.engine else None
+                    try:
+                        self._load_base(base)
+                    except Exception as exc:
+                        self._failed("base", base.id, exc)
+                        return self.engine.version if self.engine else None
+                    self._retry.pop(("base", base.id), None)
+                if self.engine.version.adapter != want:
+                    if adapter is None:
+                        self.engine.swap_adapter(None, ModelVersion(base.id, None)).result()
+                    elif self._due("adapter", adapter.id):
+                        self._load_adapter(adapter)
+                if self.engine.version == self.target:
+                    self.last_error = None
+                    self._retry.clear()  # older failures no longer matter
+                return self.engine.version
+            finally:
+                self._publish_gauges()
 
     def _load_base(self, base: BaseModel) -> None:
         started = time.perf_counter()
@@ -183,15 +270,7 @@ class ModelSync:
             load_seconds = time.perf_counter() - started
             report = self.engine.swap_adapter(files, version).result()
         except (AdapterFileError, SwapError, OSError) as exc:
-            self.failed[adapter.id] = str(exc)
-            self.metrics.swaps.labels("failed").inc()
-            log.error(
-                "adapter %s not loaded, %s keeps serving: %s",
-                adapter.id,
-                self.engine.version.label,
-                exc,
-            )
-            self._record(adapter.id, "adapter", "load_failed", error=str(exc))
+            self._failed("adapter", adapter.id, exc)
             return
         self.metrics.swaps.labels("adapter").inc()
         self.metrics.swap_load.observe(load_seconds)
@@ -223,3 +302,7 @@ class ModelSync:
         if self.engine is not None:
             self.metrics.active_base.set(self.engine.version.base or 0)
             self.metrics.active_adapter.set(self.engine.version.adapter or 0)
+        behind = self.target is not None and (
+            self.engine is None or self.engine.version != self.target
+        )
+        self.metrics.behind_registry.set(1 if behind else 0)

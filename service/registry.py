@@ -25,6 +25,22 @@ def active_adapter(session: Session) -> AdapterVersion | None:
     return session.scalars(select(AdapterVersion).where(AdapterVersion.is_active)).first()
 
 
+def active_ids(session: Session) -> tuple[int | None, int | None]:
+    """(base id, adapter id) the registry says must serve, in two indexed one-row reads.
+
+    A request reads this in the same transaction as the user's data, so it can never see a
+    completed deletion and still be scored by the version from before it."""
+    base = session.scalar(select(BaseModel.id).where(BaseModel.is_active))
+    if base is None:
+        return None, None
+    adapter = session.scalar(
+        select(AdapterVersion.id).where(
+            AdapterVersion.is_active, AdapterVersion.base_model_id == base
+        )
+    )
+    return base, adapter
+
+
 def register_base(
     session: Session,
     path: Path,

@@ -96,11 +96,15 @@ class Serving:
                 log.info("catalogue refreshed in %.2fs", time.perf_counter() - started)
 
     def readiness(self) -> dict[str, str | None]:
-        """None for each part that is ready, else why not."""
-        engine = self.engine
-        model = None
-        if engine is None or not engine.running:
+        """None for each part that is ready, else why not (texts safe for anonymous callers:
+        they name versions, never internal errors; those are in the log and the audit)."""
+        target = self.models.target
+        if target is None:
             model = (
-                self.models.last_error or "no base model registered: run e2urec-service bootstrap"
+                "the model registry could not be read yet"
+                if self.models.last_error
+                else "no base model registered: run e2urec-service bootstrap"
             )
+        else:
+            model = self.models.behind(target.base, target.adapter)
         return {"catalog": self.catalog_error, "model": model}

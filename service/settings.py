@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     adapter_poll_seconds: float = Field(
         10.0, gt=0, description="Database poll for a new adapter (fallback to pub/sub)"
     )
+    score_timeout_seconds: float = Field(
+        30.0, gt=0, description="GET /recommend waits this long for the engine, then answers 503"
+    )
     probe_tolerance: float = Field(
         1e-3, gt=0, description="Smoke test: probe scores must match the worker's within this"
     )

@@ -224,3 +224,62 @@ def test_every_response_is_scored_by_exactly_one_version(world, tmp_path):
     assert len(seen) >= 3, seen
     for idx, r in results:
         np.testing.assert_allclose(r.scores, expected[r.version.adapter][idx], atol=1e-5)
+
+
+def test_a_cancelled_request_never_takes_the_engine_down(world):
+    """A client that times out cancels its future while the loop is busy; the loop must skip it
+    (or ignore the late answer), stay alive, and answer everyone after it."""
+    import asyncio
+
+    backbone, requests = world
+    engine = _engine(backbone)
+    try:
+        gate = threading.Event()
+        stalled = engine._control(lambda: gate.wait(10))  # the loop is busy until released
+
+        async def timed_out() -> None:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(engine.score(*requests[0]), 0.01)
+
+        asyncio.run(timed_out())  # its future is cancelled while it waits in the queue
+        late = engine.submit(*requests[1])  # taken in the same batch as the cancelled one
+        gate.set()
+        stalled.result(5)
+        assert len(late.result(10).scores) == len(requests[1][1])
+        assert engine.running
+        for prefix, suffixes in requests[2:]:
+            assert len(engine.submit(prefix, suffixes).result(10).scores) == len(suffixes)
+    finally:
+        engine.stop()
+
+
+def test_a_dead_loop_is_noticed_and_restarted(world, monkeypatch):
+    """Even an error the loop cannot survive (here a BaseException from scoring) leaves the
+    engine restartable: ``running`` turns false, the waiting request gets an error, and
+    ``ensure_running`` brings the loop back for the next requests."""
+    backbone, requests = world
+    engine = _engine(backbone)
+    try:
+        real = engine._scores
+        calls = {"n": 0}
+
+        def dying(batch):
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise KeyboardInterrupt("simulated fatal error in the loop")
+            return real(batch)
+
+        monkeypatch.setattr(engine, "_scores", dying)
+        doomed = engine.submit(*requests[0])
+        with pytest.raises(RuntimeError, match="inference engine"):
+            doomed.result(10)
+        wait = threading.Event()
+        for _ in range(100):
+            if not engine.running:
+                break
+            wait.wait(0.05)
+        assert not engine.running and engine.deaths == 1
+        assert engine.ensure_running() is True  # restarted
+        assert len(engine.submit(*requests[1]).result(10).scores) == len(requests[1][1])
+    finally:
+        engine.stop()

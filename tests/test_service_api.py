@@ -305,3 +305,50 @@ def test_admin_key_has_every_scope(client, db):
     user = _users(db)[4]
     r = client.get("/recommend", params={"user_id": user, "k": 2}, headers=auth(ADMIN_KEY))
     assert r.status_code == 200
+
+
+def test_a_client_that_times_out_never_takes_the_engine_down(db, tmp_path):
+    """A /recommend that outlives E2UREC_SCORE_TIMEOUT_SECONDS answers 503 and cancels its wait
+    in the engine; the engine must live on: /health stays ok and the next requests succeed."""
+    settings = make_settings(db, tmp_path / "data", score_timeout_seconds=1e-6)
+    app = create_app(settings)
+    with TestClient(app) as c:
+        with session_scope(db, write=False) as s:
+            users = list(
+                s.scalars(
+                    select(User.external_id)
+                    .where(User.quarantined_at.is_(None))
+                    .order_by(User.id.desc())
+                    .limit(5)
+                )
+            )
+        for user in users:  # every one of these gives up before its batch is scored
+            r = c.get("/recommend", params={"user_id": user, "k": 3}, headers=auth(RECOMMEND_KEY))
+            assert r.status_code == 503 and "overloaded" in r.json()["detail"]
+        app.state.settings = settings.model_copy(update={"score_timeout_seconds": 30.0})
+        for user in users:
+            r = c.get("/recommend", params={"user_id": user, "k": 3}, headers=auth(RECOMMEND_KEY))
+            assert r.status_code == 200, r.text
+            assert r.json()["personalized"] is True
+        assert c.get("/health").status_code == 200
+        engine = app.state.serving.engine
+        assert engine.running and engine.deaths == 0
+
+
+def test_health_fails_while_the_inference_loop_is_dead(client):
+    engine = client.app.state.serving.engine
+    engine._queue.put(None)  # not a request: the guarded loop logs it and goes on
+    assert client.get("/health").status_code == 200
+    assert engine.errors >= 1 or engine.running
+    # Kill the loop the only way left (a BaseException), as a fatal bug would.
+    engine._control(lambda: (_ for _ in ()).throw(SystemExit("simulated"))).exception(10)
+    for _ in range(200):
+        if engine.dead:
+            break
+        threading.Event().wait(0.05)
+    assert engine.dead
+    r = client.get("/health")
+    assert r.status_code == 503 and "died" in r.json()["status"]
+    assert client.get("/health").status_code == 200  # the probe restarted it
+    r = client.get("/recommend", params={"user_id": "1", "k": 3}, headers=auth(RECOMMEND_KEY))
+    assert r.status_code == 200 and r.json()["personalized"] is True

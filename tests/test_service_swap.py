@@ -161,22 +161,36 @@ def test_swaps_under_load_fail_nothing_and_each_response_names_its_scorer(world)
                 t.join()
 
     assert not errors, errors[:5]
-    versions = {body["model_version"]["adapter"] for _, _, body in responses}
+    # Between activation and the swap this process is behind the registry: those answers are
+    # the flagged non-personalised ones (fail closed), never the previous version's scores.
+    personal = [r for r in responses if r[2]["personalized"]]
+    for _, _, body in responses:
+        if not body["personalized"]:
+            assert body["model_version"] is None and "not personalised" in body["note"]
+    # (popular answers are cheap, so they are many during the short windows: no ratio here)
+    versions = {body["model_version"]["adapter"] for _, _, body in personal}
     assert versions >= {None, *folders}
-    for user, _, body in responses:
+    for user, _, body in personal:
         got = {i["item_id"]: i["score"] for i in body["items"]}
         want = expected[(user, body["model_version"]["adapter"])]
         order = CANDIDATES.split(",")
         np.testing.assert_allclose([got[i] for i in order], want, atol=1e-5)
 
 
-def test_a_bad_adapter_is_recorded_and_the_old_one_keeps_serving(world):
+def test_an_adapter_that_cannot_load_turns_personalisation_off_until_it_loads(world):
+    """Fail closed at swap time: the registry's active adapter is corrupt, so this process must
+    not keep answering with the previous one (it may still hold users whose deletion the new
+    one certified). /ready turns 503, /recommend answers popular items flagged
+    non-personalised, the failure is audited and counted, and the load is retried: once the
+    folder is whole again the new adapter serves without a restart."""
     url, base, root = world
     good = random_adapter(base, root / "good", seed=21)
     good_id = _register(url, good)
     bad = random_adapter(base, root / "bad", seed=22)
     bad_id = _register(url, bad)
-    (bad / "adapter_model.safetensors").write_bytes(b"truncated")  # checksum no longer matches
+    weights = bad / "adapter_model.safetensors"
+    intact = weights.read_bytes()
+    weights.write_bytes(b"truncated")  # checksum no longer matches
     settings = make_settings(url, root / "data2", adapter_poll_seconds=0.2)  # polling only
     with LiveServer(create_app(settings)) as server:
         _activate(url, good_id)
@@ -190,7 +204,7 @@ def test_a_bad_adapter_is_recorded_and_the_old_one_keeps_serving(world):
         )
         _activate(url, bad_id)
 
-        def failure_recorded():
+        def failures():
             with session_scope(url, write=False) as s:
                 return s.scalars(
                     select(AuditEntry).where(
@@ -198,16 +212,67 @@ def test_a_bad_adapter_is_recorded_and_the_old_one_keeps_serving(world):
                         AuditEntry.entity_id == str(bad_id),
                         AuditEntry.action == "load_failed",
                     )
-                ).first()
+                ).all()
 
-        entry = wait_for(failure_recorded, 15, "the failed load to be recorded")
-        assert "checksum mismatch" in entry.detail["error"]
+        entry = wait_for(lambda: len(failures()) >= 2, 15, "failed loads, retried")
+        assert entry and "checksum mismatch" in failures()[0].detail["error"]
+        ready = httpx.get(f"{server.url}/ready")
+        assert ready.status_code == 503
+        reason = ready.json()["checks"]["model"]
+        assert f"adapter-{bad_id} could not be loaded" in reason
+        assert "checksum" not in reason  # internal error text stays in the log and the audit
         r = httpx.get(
             f"{server.url}/recommend",
             params={"user_id": "1", "k": 3},
             headers=auth(RECOMMEND_KEY),
         )
         assert r.status_code == 200
-        assert r.json()["model_version"]["adapter"] == good_id
+        body = r.json()
+        assert body["personalized"] is False and body["model_version"] is None
+        assert f"adapter-{bad_id}" in body["note"]
         metrics = httpx.get(f"{server.url}/metrics").text
-        assert 'e2urec_model_swaps_total{result="failed"} 1.0' in metrics
+        assert "e2urec_serving_behind_registry 1.0" in metrics
+        assert 'e2urec_unpersonalised_answers_total{reason="model_behind"}' in metrics
+
+        weights.write_bytes(intact)  # the operator restores the folder: the retry loads it
+        wait_for(
+            lambda: httpx.get(f"{server.url}/ready").status_code == 200,
+            30,
+            "the repaired adapter to load on a retry",
+        )
+        r = httpx.get(
+            f"{server.url}/recommend",
+            params={"user_id": "1", "k": 3},
+            headers=auth(RECOMMEND_KEY),
+        )
+        assert r.json()["personalized"] is True
+        assert r.json()["model_version"]["adapter"] == bad_id
+        assert "e2urec_serving_behind_registry 0.0" in httpx.get(f"{server.url}/metrics").text
+
+
+def test_a_fresh_process_whose_active_adapter_is_missing_never_serves_the_bare_base(world):
+    """Fail closed at start-up: the base loads but the active adapter's folder is gone. The
+    bare base still holds every user forgotten since the last consolidation, so it must not
+    answer personalised requests."""
+    url, base, root = world
+    gone = random_adapter(base, root / "gone", seed=23)
+    gone_id = _register(url, gone)
+    _activate(url, gone_id)
+    import shutil
+
+    shutil.rmtree(gone)
+    settings = make_settings(url, root / "data3", adapter_poll_seconds=0.2)
+    with LiveServer(create_app(settings)) as server:
+        ready = httpx.get(f"{server.url}/ready")
+        assert ready.status_code == 503
+        assert f"adapter-{gone_id}" in ready.json()["checks"]["model"]
+        assert ready.json()["model_version"] == "base-1"  # what the engine holds, unused
+        for user in USERS:
+            r = httpx.get(
+                f"{server.url}/recommend",
+                params={"user_id": user, "k": 3, "candidates": CANDIDATES},
+                headers=auth(RECOMMEND_KEY),
+            )
+            assert r.status_code == 200
+            assert r.json()["personalized"] is False, r.json()
+            assert r.json()["model_version"] is None

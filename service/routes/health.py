@@ -12,9 +12,20 @@ from service.db.session import session_scope
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/health", summary="Liveness: the process answers")
-def health() -> dict[str, str]:
-    return {"status": "ok"}
+@router.get(
+    "/health",
+    summary="Liveness: the process answers and its inference loop is alive",
+    responses={503: {"description": "The inference loop died and is not running again yet"}},
+)
+def health(request: Request) -> JSONResponse:
+    serving = getattr(request.app.state, "serving", None)
+    engine = serving.engine if serving is not None else None
+    if engine is not None and engine.dead:
+        serving.models.supervise()  # restart it; this answer still reports what was found
+        return JSONResponse(
+            {"status": "the inference loop had died; restarting it"}, status_code=503
+        )
+    return JSONResponse({"status": "ok"})
 
 
 @router.get(

@@ -12,6 +12,7 @@ from e2urec.data.prompts import target_suffix, user_prefix
 from service.catalog import UserContext, user_context
 from service.db.session import session_scope
 from service.deps import RecommendCaller, SettingsDep
+from service.registry import active_ids
 from service.schemas import (
     EXTERNAL_ID,
     ModelVersionOut,
@@ -24,19 +25,22 @@ from service.settings import Settings
 
 router = APIRouter(tags=["recommend"])
 
-SCORE_TIMEOUT_S = 30.0
 
-
-def _context(serving: Serving, settings: Settings, external_id: str) -> UserContext | None:
-    """Read the user and bring the candidate index up to date, in one read transaction."""
+def _context(
+    serving: Serving, settings: Settings, external_id: str
+) -> tuple[UserContext | None, tuple[int | None, int | None]]:
+    """Read the user, the registry's active version and bring the candidate index up to date,
+    in one read transaction: a request that sees a completed deletion also sees the version
+    that forgot it, and is never scored by an older one."""
     with session_scope(settings.db_url, write=False) as session:
         serving.index.sync(session, serving.hash_user)
-        return user_context(
+        ctx = user_context(
             session,
             external_id,
             history_len=settings.history_len,
             recent=settings.recent_items,
         )
+        return ctx, active_ids(session)
 
 
 def _parse_candidates(serving: Serving, settings: Settings, raw: list[str]) -> list[int]:
@@ -73,6 +77,21 @@ def _item(serving: Serving, item_id: int, score: float, source: str) -> Recommen
     )
 
 
+def _unpersonalised(
+    serving: Serving, user_id: str, explicit: list[int] | None, k: int, note: str
+) -> Recommendations:
+    """Popular items (or the given candidates by popularity): no model, no user data."""
+    if explicit is not None:
+        counts = serving.index.popularity(explicit)
+        ranked = sorted(zip(explicit, counts, strict=True), key=lambda x: -x[1])[:k]
+        items = [_item(serving, i, count, "popularity") for i, count in ranked]
+    else:
+        items = [_item(serving, c.item_id, c.score, c.source) for c in serving.index.popular(k)]
+    return Recommendations(
+        user_id=user_id, personalized=False, model_version=None, items=items, note=note
+    )
+
+
 @router.get(
     "/recommend",
     response_model=Recommendations,
@@ -103,27 +122,34 @@ async def recommend(
     if serving.index is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, serving.catalog_error)
     explicit = _parse_candidates(serving, settings, candidates) if candidates else None
-    ctx = await run_in_threadpool(_context, serving, settings, user_id)
+    ctx, (base, adapter) = await run_in_threadpool(_context, serving, settings, user_id)
     if ctx is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"unknown user {user_id!r}")
     if ctx.quarantined:
-        if explicit is not None:
-            counts = serving.index.popularity(explicit)
-            ranked = sorted(zip(explicit, counts, strict=True), key=lambda x: -x[1])[:k]
-            items = [_item(serving, i, count, "popularity") for i, count in ranked]
-        else:
-            popular = serving.index.popular(k)
-            items = [_item(serving, c.item_id, c.score, c.source) for c in popular]
-        return Recommendations(
-            user_id=user_id,
-            personalized=False,
-            model_version=None,
-            items=items,
-            note="this user asked to be forgotten: popular items, none of the user's data used",
+        serving.metrics.unpersonalised.labels("forgotten_user").inc()
+        return _unpersonalised(
+            serving,
+            user_id,
+            explicit,
+            k,
+            "this user asked to be forgotten: popular items, none of the user's data used",
         )
-    engine = serving.engine
-    if engine is None or not engine.running:
+    if base is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, serving.readiness()["model"])
+    engine = serving.engine
+    serving.models.supervise()  # a dead inference loop is restarted here too
+    behind = serving.models.behind(base, adapter)
+    if behind is not None:
+        # Fail closed: never score with a version older than the registry's active one (it may
+        # still hold users whose deletion completed). Popular items, flagged, until it loads.
+        serving.metrics.unpersonalised.labels("model_behind").inc()
+        return _unpersonalised(
+            serving,
+            user_id,
+            explicit,
+            k,
+            f"not personalised: {behind}; popular items meanwhile",
+        )
     if explicit is not None:
         pool = [(i, "explicit") for i in explicit]
     else:
@@ -136,13 +162,20 @@ async def recommend(
     )
     suffixes = [target_suffix(serving.items[i]) for i, _ in pool]
     try:
-        scored = await asyncio.wait_for(engine.score(prefix, suffixes), SCORE_TIMEOUT_S)
+        scored = await asyncio.wait_for(
+            engine.score(prefix, suffixes), settings.score_timeout_seconds
+        )
     except TimeoutError:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE, "the model is overloaded; retry shortly"
         ) from None
     ranked = sorted(zip(pool, scored.scores, strict=True), key=lambda x: -x[1])[:k]
     v = scored.version
+    if (v.base, v.adapter) != (base, adapter):  # swapped between the check and the batch
+        serving.metrics.unpersonalised.labels("model_behind").inc()
+        return _unpersonalised(
+            serving, user_id, explicit, k, "not personalised: the model changed while scoring"
+        )
     return Recommendations(
         user_id=user_id,
         personalized=True,
