@@ -16,11 +16,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session
 
+from e2urec.atomic import folder_sha256
 from service import audit
+from service.db.clock import db_now
 from service.db.models import (
     AdapterStatus,
     AdapterVersion,
@@ -218,9 +221,10 @@ def claim_next_job(
     now: datetime | None = None,
 ) -> UnlearningJob | None:
     """Take the oldest runnable job under a lease, unless one is running under a live lease.
-    A job whose lease expired (its worker died) is taken over; after ``max_attempts`` it fails."""
+    A job whose lease expired (its worker died) is taken over; after ``max_attempts`` it fails.
+    Lease times are the database's clock, not this worker's."""
     lock_queue(session)
-    now = now or utcnow()
+    now = now or db_now(session)
     busy = session.scalars(
         select(UnlearningJob).where(
             UnlearningJob.status == JobStatus.running, UnlearningJob.lease_expires_at > now
@@ -278,7 +282,7 @@ def renew_lease(
     loss: float | None = None,
 ) -> bool:
     """Extend the lease (and record progress); False if the job is no longer ours."""
-    now = utcnow()
+    now = db_now(session)
     values: dict = {"lease_expires_at": now + timedelta(seconds=lease_seconds), "heartbeat_at": now}
     if stage is not None:
         values |= {"stage": stage, "step": step or 0, "total_steps": total or 0, "loss": loss}
@@ -420,6 +424,14 @@ def publish_and_complete(
     fails nothing happens (the adapter is not active, the data is still there)."""
     lock_queue(session)
     job = hold_lease(session, job_id, owner)
+    # The folder was written before the gate ran; whatever happened to it since (a purge, a
+    # disk fault), what becomes active must be exactly what was gated.
+    actual = folder_sha256(path) if Path(path).is_dir() else "missing"
+    if actual != checksum:
+        raise RuntimeError(
+            f"adapter folder {path} is {'gone' if actual == 'missing' else 'changed'} since "
+            "the gate checked it; nothing published (the job can be retried)"
+        )
     adapter = AdapterVersion(
         base_model_id=base_model_id,
         parent_id=parent_id,
@@ -550,7 +562,7 @@ def jobs_needing_a_message(
     """Jobs a worker should be told about: queued ones never (or long ago) sent, and running
     ones whose lease has run out (their worker died). Re-sending is harmless: a claim is
     needed to run, so a duplicate message does nothing."""
-    now = now or utcnow()
+    now = now or db_now(session)
     live = session.scalar(
         select(func.count())
         .select_from(UnlearningJob)

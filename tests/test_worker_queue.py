@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
@@ -197,3 +197,67 @@ def test_the_deployment_policy_waits_for_the_gates_power():
     assert BatchPolicy.from_settings(settings).min_forget_samples == needed
     off = settings.model_copy(update={"batch_wait_for_gate_power": False})
     assert BatchPolicy.from_settings(off).min_forget_samples == 0
+
+
+def test_the_purge_spares_a_leased_jobs_folder_and_publish_rechecks_it(db, tmp_path):
+    """A job writes its adapter folder before the gate runs. However long the gate takes, the
+    orphan purge must not delete it while the job holds its lease; and publishing re-checks
+    the folder inside the transaction, so a changed or deleted folder is never activated."""
+    import os
+    import time
+
+    from e2urec.atomic import folder_sha256
+    from service.jobs import publish_and_complete
+    from service.registry import active_adapter
+    from tests.service_support import make_settings
+    from worker.purge import purge_orphans
+
+    settings = make_settings(db, tmp_path / "data", orphan_grace_seconds=1)
+    _ask(db, 11, 12)
+    with session_scope(db) as s:
+        job_id = cut_batch(s, BatchPolicy(1, 0, 10), force=True).id
+    with session_scope(db) as s:
+        claim_next_job(s, "w", lease_seconds=600, max_attempts=3)
+    live = settings.adapter_dir / f"job-{job_id}-attempt-1"
+    crashed = settings.adapter_dir / "job-99999-attempt-1"  # no lease: a crashed attempt's
+    for folder in (live, crashed):
+        folder.mkdir(parents=True)
+        (folder / "adapter_model.safetensors").write_bytes(os.urandom(64))
+        old = time.time() - 3600  # far past the grace period
+        os.utime(folder, (old, old))
+    checksum = folder_sha256(live)
+
+    assert purge_orphans(settings) == [str(crashed)]
+    assert live.is_dir() and not crashed.exists()
+
+    (live / "adapter_model.safetensors").write_bytes(b"changed after the gate")
+    with session_scope(db) as s, pytest.raises(RuntimeError, match="changed since the gate"):
+        publish_and_complete(
+            s, job_id, "w", base_model_id=1, parent_id=None, path=str(live),
+            checksum=checksum, metrics={}, probes=[], gate={},
+        )  # fmt: skip
+    with session_scope(db, write=False) as s:
+        assert active_adapter(s) is None
+        assert s.get(UnlearningJob, job_id).status == JobStatus.running
+
+
+def test_leases_use_the_databases_clock_not_the_workers(db, monkeypatch):
+    """A worker whose clock runs two hours ahead must not write a lease that outlives its
+    death by two hours (nor, running behind, one that is already expired)."""
+    import service.jobs as jobs
+
+    ahead = utcnow() + timedelta(hours=2)
+    monkeypatch.setattr(jobs, "utcnow", lambda: ahead)
+    _ask(db, 13)
+    with session_scope(db) as s:
+        job_id = cut_batch(s, BatchPolicy(1, 0, 10), force=True, now=utcnow()).id
+    with session_scope(db) as s:
+        claim_next_job(s, "w", lease_seconds=30, max_attempts=3)
+    with session_scope(db, write=False) as s:
+        expires = s.get(UnlearningJob, job_id).lease_expires_at
+    assert abs((expires - timedelta(seconds=30) - datetime.now(UTC)).total_seconds()) < 60
+    with session_scope(db) as s:
+        assert renew_lease(s, job_id, "w", 30)
+    with session_scope(db, write=False) as s:
+        expires = s.get(UnlearningJob, job_id).lease_expires_at
+    assert abs((expires - timedelta(seconds=30) - datetime.now(UTC)).total_seconds()) < 60

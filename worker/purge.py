@@ -5,6 +5,7 @@ folders nothing in the registry names (left by a crashed attempt)."""
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import time
 from pathlib import Path
@@ -12,7 +13,15 @@ from pathlib import Path
 from sqlalchemy import select
 
 from service import audit
-from service.db.models import AdapterStatus, AdapterVersion, BaseModel, utcnow
+from service.db.clock import db_now
+from service.db.models import (
+    AdapterStatus,
+    AdapterVersion,
+    BaseModel,
+    JobStatus,
+    UnlearningJob,
+    utcnow,
+)
 from service.db.session import session_scope
 from service.settings import Settings
 
@@ -62,11 +71,31 @@ def purge_superseded(settings: Settings, *, actor: str = "purge") -> list[str]:
     return removed
 
 
+# A job's output folders: adapters `job-<id>-attempt-<n>`, consolidated bases
+# `base-job-<id>-attempt-<n>` (worker/runner.py names them).
+_JOB_FOLDER = re.compile(r"^(?:base-)?job-(\d+)-attempt-\d+")
+
+
+def _leased_jobs(session) -> set[int]:
+    """Jobs a worker still holds (lease not expired, by the database's clock): their folders are
+    written before the gate runs and must survive however long it takes."""
+    return set(
+        session.scalars(
+            select(UnlearningJob.id).where(
+                UnlearningJob.status == JobStatus.running,
+                UnlearningJob.lease_expires_at > db_now(session),
+            )
+        )
+    )
+
+
 def purge_orphans(settings: Settings) -> list[str]:
     """Folders in the registry that no live row names, older than the grace period (a crashed
-    attempt's output, or an atomic write's leftover temporary folder)."""
+    attempt's output, or an atomic write's leftover temporary folder), except those of jobs
+    that still hold a lease."""
     roots = [settings.adapter_dir, settings.data_dir / "models"]
     with session_scope(settings.db_url, write=False) as session:
+        leased = _leased_jobs(session)
         live = {
             str(Path(p).resolve())
             for p in session.scalars(
@@ -86,6 +115,9 @@ def purge_orphans(settings: Settings) -> list[str]:
         for folder in root.iterdir():
             if not folder.is_dir() or str(folder.resolve()) in live:
                 continue
+            job = _JOB_FOLDER.match(folder.name)
+            if job is not None and int(job.group(1)) in leased:
+                continue  # a live job's output, not yet registered
             if folder.stat().st_mtime < cutoff:
                 _remove(folder)
                 removed.append(str(folder))

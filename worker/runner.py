@@ -16,10 +16,11 @@ from e2urec.atomic import folder_sha256
 from e2urec.model_store import load_model
 from e2urec.unlearn import E2URecConfig, StopRule, e2urec_unlearn
 from e2urec.unlearn.e2urec import with_adapter
-from service.db.models import JobKind, RequestStatus, UnlearningJob, User
+from service.db.models import AdapterVersion, JobKind, RequestStatus, UnlearningJob, User
 from service.db.session import session_scope
 from service.jobs import (
     LeaseLost,
+    Published,
     claim_next_job,
     complete_without_training,
     fail_job,
@@ -96,6 +97,27 @@ def _fail(settings: Settings, job_id: int, owner: str, error: str, metrics: dict
     with session_scope(settings.db_url) as session:
         job = hold_lease(session, job_id, owner)
         fail_job(session, job, error, actor=owner, metrics=metrics)
+
+
+def _published_despite_error(settings: Settings, job_id: int, folder) -> Published | None:
+    """If the publish transaction committed although its call raised, what it published."""
+    try:
+        with session_scope(settings.db_url, write=False) as session:
+            adapter = session.scalars(
+                select(AdapterVersion).where(AdapterVersion.path == str(folder.resolve()))
+            ).first()
+            if adapter is None:
+                return None
+            done = [
+                r
+                for r in session.get(UnlearningJob, job_id).requests
+                if r.status == RequestStatus.completed
+            ]
+            log.warning("job %s: publish raised but had committed adapter %s", job_id, adapter.id)
+            return Published(adapter.id, len(done), 0, len(done))
+    except Exception as exc:  # still unknown: the folder stays; the job is retried or purged
+        log.error("job %s: cannot tell whether the publish committed: %s", job_id, exc)
+        return None
 
 
 def _load_base(base):
@@ -203,8 +225,12 @@ def run_unlearning(settings: Settings, job_id: int, owner: str, attempt: int, le
         if not gate.passed:
             raise GateFailed("; ".join(gate.reasons), metrics)
         probes = make_probes(result.backbone, data.catalog, seed=job_id)
-        lease.progress("publish", 0, 1, None)
-        metrics["job_seconds"] = time.perf_counter() - started
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)  # never published: nobody may load it
+        raise
+    lease.progress("publish", 0, 1, None)
+    metrics["job_seconds"] = time.perf_counter() - started
+    try:
         with session_scope(settings.db_url) as session:
             published = publish_and_complete(
                 session,
@@ -218,9 +244,13 @@ def run_unlearning(settings: Settings, job_id: int, owner: str, attempt: int, le
                 probes=probes,
                 gate=gate.metrics,
             )
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)  # never published: nobody may load it
-        raise
+    except Exception:
+        # The commit's outcome can be unknown (the connection broke during COMMIT): the folder
+        # may be the active adapter now. Never delete it here: ask the database; a folder no
+        # row names is the purge's, after its grace period.
+        published = _published_despite_error(settings, job_id, folder)
+        if published is None:
+            raise
     publish_model_change(settings, str(published.adapter_id))
     purge_superseded(settings, actor=owner)
     return (
