@@ -4,13 +4,21 @@ The index is a user x item matrix ``X`` of who rated what, and a weight per user
 the user asked to be forgotten). Co-occurrence scores for a user's recent items ``r`` are
 ``X^T (w * (X r))``, popularity is ``X^T w``: zeroing a weight removes that user from every
 candidate list at once, with no rebuild and without reading their data again. Before each use
-the index applies the forget requests accepted since it last looked (a watermark on their ids),
-so the candidate stage forgets from the moment a request is accepted, in every process.
+the index applies the forget requests accepted since it last looked, so the candidate stage
+forgets from the moment a request is accepted, in every process.
+
+Request ids come from a sequence, and sequence values are not in commit order: a request with a
+lower id can commit after one with a higher id. So the index keeps a *floor* (every id at or
+below it is applied) and re-reads everything above it, skipping what it already applied; an id
+missing below the highest one applied is a transaction still open (it will show up) or one
+that rolled back (it never will: after ``GAP_GRACE_S`` the floor passes it; the periodic
+rebuild, which reads the users' quarantine flags, covers even that).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -20,6 +28,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service.db.models import ForgetRequest, Interaction, Item, User
+
+GAP_GRACE_S = 600.0  # far longer than any forget request's transaction
 
 
 @dataclass(frozen=True)
@@ -46,7 +56,10 @@ class CandidateIndex:
         self._w = np.ones(len(user_ids), dtype=np.float32)
         self._external_ids = external_ids  # to map hashes of users deleted since the build
         self._by_hash: dict[str, int] | None = None
-        self.watermark = watermark
+        self.watermark = watermark  # the highest request id applied
+        self._floor = watermark  # every request id <= floor is applied (or a rollback's gap)
+        self._applied: set[int] = set()  # applied ids above the floor
+        self._gaps: dict[int, float] = {}  # missing ids above the floor -> when first missed
         self._lock = threading.Lock()
 
     @classmethod
@@ -81,16 +94,15 @@ class CandidateIndex:
 
     # -- forgetting ---------------------------------------------------------------------------
     def sync(self, session: Session, hash_of: Callable[[str], str]) -> int:
-        """Zero the weight of every user with a forget request newer than the watermark; returns
-        how many were applied. Cheap when nothing changed: one indexed query."""
-        new = session.execute(
+        """Zero the weight of every user with a forget request not applied yet; returns how many
+        were applied. Cheap when nothing changed: one indexed query above the floor."""
+        rows = session.execute(
             select(ForgetRequest.id, ForgetRequest.user_id, ForgetRequest.user_hash)
-            .where(ForgetRequest.id > self.watermark)
+            .where(ForgetRequest.id > self._floor)
             .order_by(ForgetRequest.id)
         ).all()
-        if not new:
-            return 0
         with self._lock:
+            new = [r for r in rows if r[0] not in self._applied and r[0] > self._floor]
             for request_id, user_id, digest in new:
                 row = self._user_row.get(user_id) if user_id is not None else None
                 if row is None and user_id is None:
@@ -98,8 +110,29 @@ class CandidateIndex:
                     row = self._hashes(hash_of).get(digest)
                 if row is not None:
                     self._w[row] = 0.0
+                self._applied.add(request_id)
                 self.watermark = max(self.watermark, request_id)
+            self._advance_floor()
         return len(new)
+
+    def _advance_floor(self) -> None:
+        now = time.monotonic()
+        for missing in range(self._floor + 1, self.watermark):
+            if missing not in self._applied:
+                self._gaps.setdefault(missing, now)
+        while self._floor < self.watermark:
+            nxt = self._floor + 1
+            if nxt in self._applied:
+                self._applied.discard(nxt)
+            elif now - self._gaps.get(nxt, now) < GAP_GRACE_S:
+                break  # possibly a transaction still open: keep reading from here
+            self._gaps.pop(nxt, None)
+            self._floor = nxt
+
+    @property
+    def open_gaps(self) -> int:
+        """Request ids below the highest applied that have not shown up (yet)."""
+        return len(self._gaps)
 
     def _hashes(self, hash_of: Callable[[str], str]) -> dict[str, int]:
         if self._by_hash is None:
