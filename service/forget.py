@@ -54,6 +54,14 @@ def open_request(session: Session, user_id: int) -> ForgetRequest | None:
     ).first()
 
 
+def _completed(session: Session, digest: str) -> ForgetRequest | None:
+    return session.scalars(
+        select(ForgetRequest)
+        .where(ForgetRequest.user_hash == digest, ForgetRequest.status == RequestStatus.completed)
+        .order_by(ForgetRequest.id.desc())
+    ).first()
+
+
 def request_forget(
     session: Session, external_id: str, *, salt: bytes, actor: str
 ) -> tuple[ForgetRequest, bool]:
@@ -63,18 +71,12 @@ def request_forget(
     digest = user_hash(salt, external_id)
     user = session.scalars(select(User).where(User.external_id == external_id)).first()
     if user is None:
-        done = session.scalars(
-            select(ForgetRequest)
-            .where(
-                ForgetRequest.user_hash == digest,
-                ForgetRequest.status == RequestStatus.completed,
-            )
-            .order_by(ForgetRequest.id.desc())
-        ).first()
+        done = _completed(session, digest)
         if done is not None:  # already forgotten: the answer to a repeat is that request
             return done, False
         raise UnknownUser(external_id)
-    existing = open_request(session, user.id)
+    user_id = user.id  # kept: a failed savepoint below expires the row (it may be gone)
+    existing = open_request(session, user_id)
     if existing is not None:
         return existing, False
     now = utcnow()
@@ -92,8 +94,10 @@ def request_forget(
             user.quarantined_at = user.quarantined_at or now
             session.flush()
     except IntegrityError:
-        winner = open_request(session, user.id)
-        if winner is None:  # not a duplicate after all: let the caller see the real error
+        # A concurrent duplicate won the open-request index, or the user's request completed
+        # (and the user row was deleted) between our read and our insert.
+        winner = open_request(session, user_id) or _completed(session, digest)
+        if winner is None:  # neither: let the caller see the real error
             raise
         return winner, False
     audit.record(

@@ -261,3 +261,33 @@ def test_leases_use_the_databases_clock_not_the_workers(db, monkeypatch):
     with session_scope(db, write=False) as s:
         expires = s.get(UnlearningJob, job_id).lease_expires_at
     assert abs((expires - timedelta(seconds=30) - datetime.now(UTC)).total_seconds()) < 60
+
+
+def test_a_repeat_request_racing_the_completion_returns_the_completed_one(db, monkeypatch):
+    """The repeat reads the user, then the job completes (the user row is deleted) before the
+    repeat looks for an open request: it must answer with the completed request, not fail."""
+    import service.forget as forget
+    from service.db.models import Interaction, User
+
+    _ask(db, 14)
+    real = forget.open_request
+    raced = {"done": False}
+
+    def completion_commits_first(session, user_id):
+        if not raced["done"]:
+            raced["done"] = True
+            with session_scope(db) as other:  # what publish_and_complete does, in short
+                request = other.scalars(
+                    select(ForgetRequest).where(ForgetRequest.user_id == user_id)
+                ).one()
+                request.status = RequestStatus.completed
+                request.completed_at = utcnow()
+                request.user_id = None
+                other.execute(Interaction.__table__.delete().where(Interaction.user_id == user_id))
+                other.delete(other.get(User, user_id))
+        return real(session, user_id)
+
+    monkeypatch.setattr(forget, "open_request", completion_commits_first)
+    with session_scope(db) as s:
+        again, created = request_forget(s, "14", salt=SALT, actor="test")
+        assert not created and again.status == RequestStatus.completed
