@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
+from service import log_privacy
 from service.db.models import OPEN_STATUSES, ForgetRequest
 from service.db.session import session_scope
 from service.metrics import Metrics
@@ -133,6 +134,7 @@ def create_app(
     async def lifespan(app: FastAPI):
         serving = Serving(settings, metrics)
         app.state.serving = serving
+        log_privacy.install(serving.hash_user)  # the access log shows hashes, not user ids
         serving.start()
         try:
             yield
@@ -156,7 +158,7 @@ def create_app(
     @app.exception_handler(OperationalError)
     async def database_down(request: Request, exc: OperationalError) -> JSONResponse:
         # PostgreSQL restarting or unreachable: nothing was written, the client may retry.
-        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+        log.warning("database unavailable on %s %s: %s", request.method, _path(request), exc)
         return JSONResponse(
             {"detail": "the database is unavailable; nothing was changed, retry shortly"},
             status_code=503,
@@ -166,7 +168,7 @@ def create_app(
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Logged with its trace for operators; the client gets a message, never the trace.
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        log.exception("unhandled error on %s %s", request.method, _path(request))
         return JSONResponse(
             {"detail": f"internal error ({type(exc).__name__}); it has been logged"},
             status_code=500,
@@ -174,6 +176,14 @@ def create_app(
 
     app.add_middleware(_MetricsMiddleware, metrics=metrics)
     return app
+
+
+def _path(request: Request) -> str:
+    """The request's path for a log line, user ids replaced by their hash."""
+    serving = getattr(request.app.state, "serving", None)
+    if serving is None:
+        return "(path withheld: no salt loaded)"
+    return log_privacy.redact(request.url.path, serving.hash_user)
 
 
 def app() -> FastAPI:  # `uvicorn --factory service.main:app`
