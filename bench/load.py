@@ -194,7 +194,7 @@ def main(
             E2UREC_QUEUE_CONTROL=settings.queue_control,  # its ticks reach no worker here
             E2UREC_QUEUE_UNLEARNING=settings.queue_unlearning,
             E2UREC_API_KEYS=",".join(f"{k}:{'+'.join(v)}" for k, v in KEYS.items()),
-            E2UREC_USER_HASH_SALT="load-salt",
+            E2UREC_USER_HASH_SALT="load-salt-0123456789",
             E2UREC_ADAPTER_POLL_SECONDS="30",
         )
         proc = start_api(port, env)

@@ -63,7 +63,7 @@ def train_once(
     migrate_database(url)
     with session_scope(url) as session:
         import_dataset(session, dataset, {"format": "synthetic"})
-    settings = Settings(data_dir=work, database_url=url, user_hash_salt="bench-salt")
+    settings = Settings(data_dir=work, database_url=url, user_hash_salt="bench-salt-0123456789")
     recipe = train_base(
         settings,
         work / "base",
@@ -126,7 +126,7 @@ def run_batch(n: int, url: str, work: Path, redis_url: str, port: int) -> dict:
         E2UREC_DATA_DIR=str(data_dir),
         E2UREC_REDIS_URL=redis_url,
         E2UREC_API_KEYS=f"{KEY}:forget+recommend+admin",
-        E2UREC_USER_HASH_SALT="bench-salt",
+        E2UREC_USER_HASH_SALT="bench-salt-0123456789",
         E2UREC_QUEUE_UNLEARNING=f"bench.{private}.unlearning",
         E2UREC_QUEUE_CONTROL=f"bench.{private}.control",
         E2UREC_MODEL_CHANNEL=f"bench:{private}",

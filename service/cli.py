@@ -253,6 +253,42 @@ def batch_now() -> None:
     console.print(f"job {job_id} queued")
 
 
+@app.command("gen-secrets")
+@friendly
+def gen_secrets(
+    out: Annotated[Path, typer.Option(help="the .env file to write")] = Path(".env"),
+    force: Annotated[bool, typer.Option(help="replace an existing file")] = False,
+) -> None:
+    """Write a fresh .env (from .env.example) with new API keys, user-hash salt and Flower
+    password. The file is readable by its owner only. Keep the salt for the deployment's life:
+    changing it orphans the hashes of completed deletions."""
+    import os
+    import secrets
+
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} exists; pass --force to replace it (its salt is lost)")
+    template = ROOT / ".env.example"
+    values = {
+        "E2UREC_API_KEYS": (
+            f"admin-{secrets.token_hex(24)}:admin+forget+recommend,"
+            f"client-{secrets.token_hex(24)}:forget+recommend"
+        ),
+        "E2UREC_USER_HASH_SALT": secrets.token_hex(32),
+        "FLOWER_BASIC_AUTH": f"operator:{secrets.token_urlsafe(24)}",
+    }
+    lines = []
+    for line in template.read_text().splitlines():
+        name = line.split("=", 1)[0]
+        lines.append(f"{name}={values.pop(name)}" if name in values else line)
+    lines += [f"{k}={v}" for k, v in values.items()]  # any the template lacks
+    tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, out)
+    console.print(f"wrote {out} (mode 600): new API keys, salt and Flower login")
+
+
 @app.command("settings")
 def settings_() -> None:
     """Print every setting (environment variable, default, meaning) as a Markdown table."""

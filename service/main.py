@@ -10,11 +10,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
-from service import log_privacy
-from service.db.models import OPEN_STATUSES, ForgetRequest
+from service import log_privacy, queue_stats
 from service.db.session import session_scope
 from service.metrics import Metrics
 from service.routes import admin, forget, health, recommend
@@ -56,47 +54,17 @@ class _MetricsMiddleware:
 def _open_requests(settings: Settings) -> Callable[[], dict[str, float]]:
     def read() -> dict[str, float]:
         with session_scope(settings.db_url, write=False) as session:
-            rows = session.execute(
-                select(ForgetRequest.status, func.count())
-                .where(ForgetRequest.status.in_(OPEN_STATUSES))
-                .group_by(ForgetRequest.status)
-            ).all()
-        counts = {s.value: 0.0 for s in OPEN_STATUSES}
-        counts.update({status: float(n) for status, n in rows})
-        return counts
+            return queue_stats.open_requests(session)
 
     return read
 
 
 def _job_rows(settings: Settings) -> Callable[[], dict]:
-    """What the job metrics are computed from, read at scrape time (the worker writes it)."""
-    from service.db.models import UnlearningJob, utcnow
+    """The job metrics, aggregated by the database at scrape time (the worker writes them)."""
 
     def read() -> dict:
         with session_scope(settings.db_url, write=False) as session:
-            jobs = session.execute(
-                select(
-                    UnlearningJob.kind,
-                    UnlearningJob.status,
-                    UnlearningJob.started_at,
-                    UnlearningJob.finished_at,
-                    UnlearningJob.request_count,
-                )
-            ).all()
-            waits = session.execute(
-                select(ForgetRequest.created_at, ForgetRequest.completed_at).where(
-                    ForgetRequest.completed_at.is_not(None)
-                )
-            ).all()
-            oldest = session.scalar(
-                select(func.min(ForgetRequest.created_at)).where(ForgetRequest.status == "pending")
-            )
-        now = utcnow()
-        return {
-            "jobs": jobs,
-            "waits": [(done - created).total_seconds() for created, done in waits],
-            "oldest_pending": (now - oldest).total_seconds() if oldest else 0.0,
-        }
+            return queue_stats.job_stats(session)
 
     return read
 

@@ -7,6 +7,9 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 
+from service import queue_stats
+from service.queue_stats import BATCH_BUCKETS, JOB_BUCKETS, WAIT_BUCKETS
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -29,25 +32,17 @@ class _QueueCollector:
         yield pending
 
 
-JOB_BUCKETS = (10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
-WAIT_BUCKETS = (10, 30, 60, 300, 600, 1800, 3600, 4 * 3600, 24 * 3600)
-BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
-
-
-def _histogram(name: str, doc: str, values: list[float], buckets: tuple, labels=None):
-    family = HistogramMetricFamily(name, doc, labels=list(labels or {}))
-    counts, total = [], 0
-    for bound in buckets:
-        counts.append((str(float(bound)), sum(1 for v in values if v <= bound)))
-    counts.append(("+Inf", len(values)))
-    total = float(sum(values))
-    family.add_metric(list((labels or {}).values()), counts, total)
+def _histogram(name: str, doc: str, h: queue_stats.Histogram, buckets: tuple):
+    family = HistogramMetricFamily(name, doc)
+    counts = [(str(float(b)), c) for b, c in zip(buckets, h.cumulative, strict=True)]
+    family.add_metric([], [*counts, ("+Inf", h.count)], h.total)
     return family
 
 
 class _JobCollector:
     """Job durations, batch sizes, failures and request waits, from the database at scrape
-    time: the worker runs in other processes, the database is what they share."""
+    time: the worker runs in other processes, the database is what they share. The database
+    aggregates (service/queue_stats.py): a scrape reads a few rows, not the history."""
 
     def __init__(self, read: Callable[[], dict]):
         self.read = read
@@ -57,30 +52,23 @@ class _JobCollector:
             data = self.read()
         except Exception:
             return
-        jobs = data["jobs"]
         by_status = GaugeMetricFamily(
             "e2urec_jobs", "Unlearning jobs by kind and status", labels=["kind", "status"]
         )
-        seen: dict[tuple[str, str], int] = {}
-        for kind, status, *_ in jobs:
-            seen[(kind, status)] = seen.get((kind, status), 0) + 1
-        for (kind, status), n in sorted(seen.items()):
+        for kind, status, n in sorted(data["jobs"]):
             by_status.add_metric([kind, status], n)
         yield by_status
-        durations = [
-            (end - start).total_seconds()
-            for kind, status, start, end, _ in jobs
-            if kind == "unlearn" and status == "succeeded" and start and end
-        ]
         yield _histogram(
             "e2urec_job_duration_seconds",
             "Succeeded unlearning jobs, start to finish",
-            durations,
+            data["durations"],
             JOB_BUCKETS,
         )
-        sizes = [float(n) for kind, _, _, _, n in jobs if kind == "unlearn"]
         yield _histogram(
-            "e2urec_batch_size", "Forget requests per unlearning batch", sizes, BATCH_BUCKETS
+            "e2urec_batch_size",
+            "Forget requests per unlearning batch",
+            data["sizes"],
+            BATCH_BUCKETS,
         )
         yield _histogram(
             "e2urec_forget_request_wait_seconds",
@@ -93,6 +81,13 @@ class _JobCollector:
         )
         oldest.add_metric([], data["oldest_pending"])
         yield oldest
+        oldest_open = GaugeMetricFamily(
+            "e2urec_oldest_open_request_seconds",
+            "Age of the oldest forget request not completed (pending, scheduled, running or "
+            "failed): alert well before E2UREC_FORGET_DEADLINE_SECONDS",
+        )
+        oldest_open.add_metric([], data["oldest_open"])
+        yield oldest_open
 
 
 class Metrics:

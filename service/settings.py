@@ -21,10 +21,25 @@ class Scope(StrEnum):
     forget = "forget"
     recommend = "recommend"
     admin = "admin"
+    metrics = "metrics"  # only for GET /metrics, when E2UREC_METRICS_REQUIRE_KEY is set
+
+
+# Markers of the values shipped in .env.example and the docs; never valid in a deployment.
+PLACEHOLDERS = ("change-me", "changeme", "replace-me", "example", "placeholder", "secret123")
+
+
+def _placeholder(value: str) -> bool:
+    lowered = value.lower()
+    return any(marker in lowered for marker in PLACEHOLDERS) or len(set(value)) < 6
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="E2UREC_", env_file=None, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="E2UREC_",
+        env_file=None,
+        extra="ignore",
+        hide_input_in_errors=True,  # a refused secret is never echoed into a log
+    )
 
     # -- storage ---------------------------------------------------------------------------
     data_dir: Path = Field(Path("var"), description="Embedded state: SQLite file, models, adapters")
@@ -79,6 +94,9 @@ class Settings(BaseSettings):
     prefix_reuse: bool = Field(True, description="Encode a user's prompt prefix once (KV cache)")
     adapter_poll_seconds: float = Field(
         10.0, gt=0, description="Database poll for a new adapter (fallback to pub/sub)"
+    )
+    metrics_require_key: bool = Field(
+        False, description="GET /metrics asks for a key with the metrics (or admin) scope"
     )
     score_timeout_seconds: float = Field(
         30.0, gt=0, description="GET /recommend waits this long for the engine, then answers 503"
@@ -185,10 +203,21 @@ class Settings(BaseSettings):
         return keys
 
     @model_validator(mode="after")
-    def _check_keys(self) -> Settings:
+    def _check_secrets(self) -> Settings:
+        # A deployment that copies .env.example must not run with a public admin key, nor with
+        # a salt anyone can use to reverse the kept user hashes by enumerating ids.
+        fix = "generate fresh ones with `e2urec-service gen-secrets` (writes a new .env)"
         for key in self.api_keys:
             if len(key) < 16:
-                raise ValueError("every API key must be at least 16 characters long")
+                raise ValueError(f"every API key must be at least 16 characters long; {fix}")
+            if _placeholder(key):
+                raise ValueError(f"E2UREC_API_KEYS holds a placeholder key ({key[:12]}...); {fix}")
+        salt = self.user_hash_salt.get_secret_value()
+        if salt and (len(salt) < 16 or _placeholder(salt)):
+            raise ValueError(
+                "E2UREC_USER_HASH_SALT is a placeholder or shorter than 16 characters; "
+                f"{fix}, or leave it unset to have one generated in the data directory"
+            )
         return self
 
     # -- derived paths -----------------------------------------------------------------------
@@ -230,7 +259,9 @@ class Settings(BaseSettings):
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-            tmp.write_text(secrets.token_hex(32))
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # owner only
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
             try:  # a hard link appears complete or not at all; the first process wins
                 os.link(tmp, path)
             except FileExistsError:

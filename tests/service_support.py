@@ -152,7 +152,7 @@ def make_settings(url: str, data_dir: Path, **overrides):
         "redis_url": "",
         "api_keys": copy.deepcopy(KEYS),
         "adapter_poll_seconds": 0.2,
-        "user_hash_salt": "test-salt",
+        "user_hash_salt": "test-salt-0123456789",
         "max_wait_ms": 2.0,
     }
     private = uuid.uuid4().hex[:8]  # no message of one test can reach another test's worker

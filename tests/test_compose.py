@@ -118,3 +118,56 @@ def test_the_dockerfile_copies_what_exists():
         for source in sources:
             assert (ROOT / source).exists(), source
     assert "torch==2.13.0" in text  # pinned: an open range pulls a multi-GB CUDA build
+
+
+def test_flower_asks_for_a_login_and_listens_on_loopback_only(config):
+    flower = config["services"]["flower"]
+    auth = [part for part in flower["command"] if part.startswith("--basic-auth=")]
+    assert auth and auth[0] != "--basic-auth=", flower["command"]
+    ports = flower["ports"]
+    published = [p if isinstance(p, str) else f"{p.get('host_ip')}:{p['published']}" for p in ports]
+    assert all(p.startswith("127.0.0.1:") for p in published), published
+
+
+def test_the_shipped_placeholders_are_refused_and_gen_secrets_writes_good_ones(tmp_path):
+    """A deployment that copies .env.example must not start; gen-secrets gives one that does,
+    readable by its owner only, different every time."""
+    from pydantic import ValidationError
+    from typer.testing import CliRunner
+
+    from service.cli import app
+    from service.settings import Settings
+
+    def values(path: Path) -> dict[str, str]:
+        lines = [x for x in path.read_text().splitlines() if x and not x.startswith("#")]
+        return dict(x.split("=", 1) for x in lines)
+
+    example = values(ROOT / ".env.example")
+    with pytest.raises(ValidationError, match="gen-secrets"):
+        Settings(api_keys=example["E2UREC_API_KEYS"])
+    with pytest.raises(ValidationError, match="gen-secrets") as refused:
+        Settings(user_hash_salt=example["E2UREC_USER_HASH_SALT"])
+    assert example["E2UREC_USER_HASH_SALT"] not in str(refused.value)  # never echoed
+
+    runner = CliRunner()
+    out = tmp_path / ".env"
+    first = runner.invoke(app, ["gen-secrets", "--out", str(out)])
+    assert first.exit_code == 0, first.output
+    assert out.stat().st_mode & 0o777 == 0o600
+    fresh = values(out)
+    Settings(api_keys=fresh["E2UREC_API_KEYS"], user_hash_salt=fresh["E2UREC_USER_HASH_SALT"])
+    assert set(example) <= set(fresh) and fresh["E2UREC_BACKBONE"] == "tiny"
+    again = runner.invoke(app, ["gen-secrets", "--out", str(out)])
+    assert again.exit_code == 2 and "--force" in again.output
+    assert runner.invoke(app, ["gen-secrets", "--out", str(out), "--force"]).exit_code == 0
+    assert values(out)["E2UREC_USER_HASH_SALT"] != fresh["E2UREC_USER_HASH_SALT"]
+    result = compose("config", env_file=out)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_generated_salt_file_is_readable_by_its_owner_only(tmp_path):
+    from service.settings import Settings
+
+    salt = Settings(data_dir=tmp_path).salt()
+    assert len(salt) == 64
+    assert (tmp_path / "user_hash_salt").stat().st_mode & 0o777 == 0o600

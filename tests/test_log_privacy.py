@@ -80,5 +80,5 @@ def test_the_access_log_of_a_real_server_holds_no_raw_user_id(tmp_path):
         assert "POST /forget/" in text  # the access log is on
         for raw in ("17", "31"):
             assert f"/forget/{raw} " not in text and f"user_id={raw}" not in text, text
-            token = "u:" + user_hash(b"test-salt", raw)[:16]
+            token = "u:" + user_hash(settings.salt(), raw)[:16]
             assert token in text

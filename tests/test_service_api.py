@@ -352,3 +352,13 @@ def test_health_fails_while_the_inference_loop_is_dead(client):
     assert client.get("/health").status_code == 200  # the probe restarted it
     r = client.get("/recommend", params={"user_id": "1", "k": 3}, headers=auth(RECOMMEND_KEY))
     assert r.status_code == 200 and r.json()["personalized"] is True
+
+
+def test_an_operator_can_require_a_key_for_metrics(db, tmp_path):
+    keys = {"scraper-key-0123456789abc": ["metrics"]} | {FORGET_KEY: ["forget"]}
+    settings = make_settings(db, tmp_path / "data", metrics_require_key=True, api_keys=keys)
+    with TestClient(create_app(settings)) as c:
+        assert c.get("/metrics").status_code == 401
+        assert c.get("/metrics", headers=auth(FORGET_KEY)).status_code == 403
+        r = c.get("/metrics", headers=auth("scraper-key-0123456789abc"))
+        assert r.status_code == 200 and "e2urec_forget_requests_open" in r.text

@@ -191,7 +191,7 @@ def test_a_batch_waits_for_the_forget_samples_the_gate_needs_then_falls_back_to_
 def test_the_deployment_policy_waits_for_the_gates_power():
     from service.settings import Settings
 
-    settings = Settings(database_url="sqlite://", api_keys={}, user_hash_salt="x")
+    settings = Settings(database_url="sqlite://", api_keys={}, user_hash_salt="test-salt-012345")
     needed = settings.gate_min_forget_samples()
     assert needed is not None and 20 < needed < 200
     assert BatchPolicy.from_settings(settings).min_forget_samples == needed
@@ -291,3 +291,49 @@ def test_a_repeat_request_racing_the_completion_returns_the_completed_one(db, mo
     with session_scope(db) as s:
         again, created = request_forget(s, "14", salt=SALT, actor="test")
         assert not created and again.status == RequestStatus.completed
+
+
+def test_queue_metrics_are_aggregated_by_the_database(db):
+    """A scrape reads a few aggregate rows, however long the history: the same statements and
+    rows for 2 jobs as for 12, and the histograms count what they should."""
+    from sqlalchemy import event
+
+    from service.db.session import engine_for
+    from service.queue_stats import JOB_BUCKETS, job_stats, open_requests
+
+    def scrape() -> tuple[dict, int]:
+        rows = []
+
+        def count(conn, cursor, statement, parameters, context, executemany):
+            rows.append(cursor.rowcount)
+
+        engine = engine_for(db, write=False)
+        event.listen(engine, "after_cursor_execute", count)
+        try:
+            with session_scope(db, write=False) as s:
+                stats = job_stats(s)
+                open_requests(s)
+        finally:
+            event.remove(engine, "after_cursor_execute", count)
+        return stats, sum(max(r, 1) for r in rows)
+
+    def run_jobs(users: range) -> None:
+        for u in users:
+            _ask(db, u)
+            with session_scope(db) as s:
+                job = cut_batch(s, BatchPolicy(1, 0, 10), force=True)
+                job.status = JobStatus.succeeded
+                job.started_at = utcnow() - timedelta(seconds=45)
+                job.finished_at = utcnow()
+
+    run_jobs(range(1, 3))
+    small, small_rows = scrape()
+    run_jobs(range(3, 13))
+    large, large_rows = scrape()
+    assert large_rows == small_rows < 20
+    assert large["durations"].count == 12
+    assert large["durations"].cumulative[JOB_BUCKETS.index(30)] == 0
+    assert large["durations"].cumulative[JOB_BUCKETS.index(60)] == 12
+    assert 12 * 44 < large["durations"].total < 12 * 50
+    assert large["sizes"].count == 12 and large["oldest_open"] > 0
+    assert ("unlearn", "succeeded", 12) in large["jobs"]

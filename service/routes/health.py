@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Request, Response, Security
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
+from service.auth import authenticate, bearer
 from service.db.session import session_scope
+from service.settings import Scope
 
 router = APIRouter(tags=["operations"])
 
@@ -51,8 +56,21 @@ def ready(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-def metrics(request: Request) -> Response:
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (a key with the metrics scope when E2UREC_METRICS_REQUIRE_KEY)",
+    response_class=Response,
+    responses={401: {"description": "A key is required"}, 403: {"description": "Wrong scope"}},
+)
+def metrics(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
+) -> Response:
+    settings = request.app.state.settings
+    if settings.metrics_require_key:
+        caller = authenticate(settings, credentials)
+        if not caller.scopes & {Scope.metrics, Scope.admin}:
+            raise HTTPException(403, "this API key lacks the 'metrics' scope")
     return Response(
         generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
     )
