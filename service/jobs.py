@@ -25,8 +25,10 @@ from e2urec.atomic import folder_sha256
 from service import audit
 from service.db.clock import db_now
 from service.db.models import (
+    OPEN_STATUSES,
     AdapterStatus,
     AdapterVersion,
+    AuditEntry,
     BaseModel,
     Certificate,
     ForgetRequest,
@@ -207,6 +209,81 @@ def retry_job(session: Session, job_id: int, *, actor: str) -> UnlearningJob:
     job.request_count = len(requests)
     _job_audit(session, job, actor, "created", to_status=JobStatus.queued, retry_of=job_id)
     return job
+
+
+def _retry_depth(session: Session, job: UnlearningJob) -> int:
+    """How many retries led to ``job`` (0: an original job)."""
+    depth, current = 0, job
+    while current.retry_of_id is not None:
+        depth += 1
+        current = session.get(UnlearningJob, current.retry_of_id)
+    return depth
+
+
+def auto_retry_failed(
+    session: Session,
+    *,
+    max_retries: int,
+    backoff_seconds: float,
+    now: datetime | None = None,
+) -> tuple[list[int], list[int]]:
+    """Retry failed jobs whose requests are still open, each chain at most ``max_retries``
+    times, the k-th retry ``backoff_seconds * 2**k`` after the failure. Returns (new job ids,
+    jobs given up now). A job given up leaves its requests open (failed, quarantined): the
+    deadline fallback (a consolidation) or an operator completes them; an audit row and the
+    ``e2urec_forget_requests_open{status="failed"}`` gauge make it an alert."""
+    lock_queue(session)
+    now = now or db_now(session)
+    retried = select(UnlearningJob.retry_of_id).where(UnlearningJob.retry_of_id.is_not(None))
+    failed = session.scalars(
+        select(UnlearningJob)
+        .where(UnlearningJob.status == JobStatus.failed, UnlearningJob.id.not_in(retried))
+        .order_by(UnlearningJob.id)
+    ).all()
+    new, exhausted = [], []
+    for job in failed:
+        still_open = any(r.status == RequestStatus.failed for r in job.requests)
+        if job.kind == JobKind.unlearn and not still_open:
+            continue  # completed elsewhere (a consolidation): nothing to retry
+        depth = _retry_depth(session, job)
+        if depth >= max_retries:
+            given_up = session.scalar(
+                select(func.count())
+                .select_from(AuditEntry)
+                .where(
+                    AuditEntry.entity == "job",
+                    AuditEntry.entity_id == str(job.id),
+                    AuditEntry.action == "retries_exhausted",
+                )
+            )
+            if not given_up:
+                _job_audit(session, job, "auto-retry", "retries_exhausted", retries=depth)
+                exhausted.append(job.id)
+            continue
+        finished = job.finished_at or now
+        if (now - finished).total_seconds() < backoff_seconds * 2**depth:
+            continue
+        new.append(retry_job(session, job.id, actor="auto-retry").id)
+    return new, exhausted
+
+
+def deadline_fallback(
+    session: Session,
+    *,
+    deadline_seconds: float,
+    margin_seconds: float,
+    now: datetime | None = None,
+) -> UnlearningJob | None:
+    """Queue a consolidation (deletion plus retraining: it always works, it only takes longer)
+    when an open request is within ``margin_seconds`` of its legal deadline. None when no
+    request is that old; the open (or new) consolidation job otherwise."""
+    now = now or db_now(session)
+    oldest = session.scalar(
+        select(func.min(ForgetRequest.created_at)).where(ForgetRequest.status.in_(OPEN_STATUSES))
+    )
+    if oldest is None or (now - oldest).total_seconds() < deadline_seconds - margin_seconds:
+        return None
+    return request_consolidation(session, actor="deadline")
 
 
 # -- running ------------------------------------------------------------------------------------

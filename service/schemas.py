@@ -185,6 +185,10 @@ class QueueView(BaseModel):
     running_requests: int
     failed_requests: int
     oldest_pending_age_seconds: float | None
+    oldest_open_age_seconds: float | None = Field(
+        description="Age of the oldest request not completed (pending, scheduled, running, failed)"
+    )
+    deadline_seconds: float = Field(description="Every request must complete within this")
     running_job: JobOut | None
     recent_jobs: list[JobOut]
     active_adapter: AdapterOut | None

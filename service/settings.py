@@ -174,6 +174,24 @@ class Settings(BaseSettings):
         description="Quality gate: chance of failing that no-op; batches wait for the forget "
         "samples this needs",
     )
+    job_auto_retries: int = Field(
+        2,
+        ge=0,
+        description="A failed job is retried this many times (then an alert, requests stay open)",
+    )
+    job_retry_backoff_seconds: float = Field(
+        300.0, ge=0, description="First automatic retry after this long; doubled each time"
+    )
+    forget_deadline_seconds: float = Field(
+        30 * 24 * 3600.0,
+        gt=0,
+        description="Every request must complete within this (the legal one-month limit)",
+    )
+    forget_deadline_margin_seconds: float = Field(
+        3 * 24 * 3600.0,
+        ge=0,
+        description="This long before the deadline, a consolidation is queued for what is open",
+    )
     orphan_grace_seconds: float = Field(
         600.0, ge=0, description="Registry folders no row names are deleted after this long"
     )

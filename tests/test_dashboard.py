@@ -84,6 +84,7 @@ def test_the_dashboard_follows_a_job_to_completion(browser, tmp_path):
             key.send_keys(ADMIN_KEY, Keys.TAB)
             wait.until(lambda b: _text(b, "#pending") == "0")
             assert "2 scheduled" in _text(browser, "#counts")
+            assert "oldest open request 0.00 of 30.0 days" in _text(browser, "#deadline")
 
             with session_scope(url) as s:  # a worker takes the job and reports progress
                 claim_next_job(s, "dashboard-test", lease_seconds=60, max_attempts=3)

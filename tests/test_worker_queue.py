@@ -337,3 +337,59 @@ def test_queue_metrics_are_aggregated_by_the_database(db):
     assert 12 * 44 < large["durations"].total < 12 * 50
     assert large["sizes"].count == 12 and large["oldest_open"] > 0
     assert ("unlearn", "succeeded", 12) in large["jobs"]
+
+
+def test_a_failed_job_is_retried_with_backoff_then_given_up_with_an_alert(db):
+    from service.db.models import AuditEntry
+    from service.jobs import auto_retry_failed
+
+    _ask(db, 15, 16)
+    with session_scope(db) as s:
+        cut_batch(s, BatchPolicy(1, 0, 10), force=True)
+    t0 = utcnow()
+
+    def fail_current() -> int:
+        with session_scope(db) as s:
+            job = claim_next_job(s, "w", lease_seconds=30, max_attempts=3)
+            fail_job(s, job, "boom", actor="w")
+            job.finished_at = t0
+            return job.id
+
+    def tick(after_seconds: float):
+        with session_scope(db) as s:
+            return auto_retry_failed(
+                s, max_retries=2, backoff_seconds=60, now=t0 + timedelta(seconds=after_seconds)
+            )
+
+    first = fail_current()
+    assert tick(30) == ([], [])  # inside the first backoff (60 s)
+    (second,), _ = tick(61)
+    assert tick(62) == ([], [])  # one retry per failure
+    assert _statuses(db) == ["scheduled", "scheduled"]
+    assert fail_current() == second
+    assert tick(100) == ([], [])  # the second backoff is 120 s
+    (third,), _ = tick(121)
+    assert fail_current() == third
+    assert tick(10_000) == ([], [third])  # two retries were the limit: given up, once
+    assert tick(20_000) == ([], [])
+    assert _statuses(db) == ["failed", "failed"]  # still open, still quarantined
+    with session_scope(db, write=False) as s:
+        alert = s.scalars(select(AuditEntry).where(AuditEntry.action == "retries_exhausted")).one()
+        assert alert.entity_id == str(third)
+        chain = s.get(UnlearningJob, third)
+        assert chain.retry_of_id == second and s.get(UnlearningJob, second).retry_of_id == first
+
+
+def test_a_request_near_its_deadline_gets_a_consolidation(db):
+    from service.db.models import JobKind
+    from service.jobs import deadline_fallback
+
+    _ask(db, 17)
+    day = 24 * 3600.0
+    with session_scope(db) as s:
+        kw = {"deadline_seconds": 30 * day, "margin_seconds": 3 * day}
+        assert deadline_fallback(s, **kw, now=utcnow() + timedelta(days=26)) is None
+        job = deadline_fallback(s, **kw, now=utcnow() + timedelta(days=27, seconds=1))
+        assert job is not None and job.kind == JobKind.consolidate and job.reason == "deadline"
+        again = deadline_fallback(s, **kw, now=utcnow() + timedelta(days=28))
+        assert again.id == job.id  # one consolidation at a time

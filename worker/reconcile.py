@@ -13,7 +13,9 @@ import logging
 from service.db.session import session_scope
 from service.jobs import (
     BatchPolicy,
+    auto_retry_failed,
     cut_batch,
+    deadline_fallback,
     jobs_needing_a_message,
     lock_queue,
     mark_enqueued,
@@ -26,6 +28,20 @@ log = logging.getLogger(__name__)
 
 
 def reconcile(settings: Settings, *, send_all: bool = False, force_batch: bool = False) -> dict:
+    with session_scope(settings.db_url) as session:
+        retried, exhausted = auto_retry_failed(
+            session,
+            max_retries=settings.job_auto_retries,
+            backoff_seconds=settings.job_retry_backoff_seconds,
+        )
+    for job_id in exhausted:  # the alert: requests stay open until the deadline fallback
+        log.error("job %s failed after %d automatic retries", job_id, settings.job_auto_retries)
+    with session_scope(settings.db_url) as session:
+        deadline = deadline_fallback(
+            session,
+            deadline_seconds=settings.forget_deadline_seconds,
+            margin_seconds=settings.forget_deadline_margin_seconds,
+        )
     with session_scope(settings.db_url) as session:
         job = cut_batch(
             session, BatchPolicy.from_settings(settings), force=force_batch, actor="tick"
@@ -41,6 +57,18 @@ def reconcile(settings: Settings, *, send_all: bool = False, force_batch: bool =
         mark_enqueued(session, ids)
     sent = [i for i in ids if send_run_job(settings, i)]
     purged = purge_superseded(settings, actor="tick")
-    if cut or sent or purged:
-        log.info("tick: cut job %s, sent %s, purged %d folders", cut, sent, len(purged))
-    return {"cut": cut, "sent": sent, "purged": len(purged)}
+    if cut or sent or purged or retried:
+        log.info(
+            "tick: cut job %s, retried %s, sent %s, purged %d folders",
+            cut,
+            retried,
+            sent,
+            len(purged),
+        )
+    return {
+        "cut": cut,
+        "retried": retried,
+        "deadline_consolidation": deadline.id if deadline is not None else None,
+        "sent": sent,
+        "purged": len(purged),
+    }

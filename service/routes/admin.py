@@ -12,6 +12,7 @@ from fastapi.responses import FileResponse
 from sqlalchemy import func, select
 
 from service.db.models import (
+    OPEN_STATUSES,
     AdapterVersion,
     AuditEntry,
     ForgetRequest,
@@ -49,7 +50,7 @@ def _kick(settings, job_id: int) -> None:
 
 
 @router.get("/queue", response_model=QueueView, summary="The unlearning queue at a glance")
-def queue(session: ReadSession, caller: AdminCaller) -> QueueView:
+def queue(session: ReadSession, caller: AdminCaller, settings: SettingsDep) -> QueueView:
     counts = dict(
         session.execute(
             select(ForgetRequest.status, func.count()).group_by(ForgetRequest.status)
@@ -59,6 +60,9 @@ def queue(session: ReadSession, caller: AdminCaller) -> QueueView:
         select(func.min(ForgetRequest.created_at)).where(
             ForgetRequest.status == RequestStatus.pending
         )
+    )
+    oldest_open = session.scalar(
+        select(func.min(ForgetRequest.created_at)).where(ForgetRequest.status.in_(OPEN_STATUSES))
     )
     now = utcnow()
     running = session.scalars(
@@ -80,6 +84,8 @@ def queue(session: ReadSession, caller: AdminCaller) -> QueueView:
         running_requests=counts.get(RequestStatus.running, 0),
         failed_requests=counts.get(RequestStatus.failed, 0),
         oldest_pending_age_seconds=(now - oldest).total_seconds() if oldest else None,
+        oldest_open_age_seconds=(now - oldest_open).total_seconds() if oldest_open else None,
+        deadline_seconds=settings.forget_deadline_seconds,
         running_job=JobOut.of(running) if running else None,
         recent_jobs=[JobOut.of(j) for j in recent],
         active_adapter=AdapterOut.of(adapter) if adapter else None,
