@@ -289,6 +289,66 @@ def gen_secrets(
     console.print(f"wrote {out} (mode 600): new API keys, salt and Flower login")
 
 
+@app.command("verify-certificate")
+@friendly
+def verify_certificate(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="a certificate (GET /forget/requests/{id}/certificate) or a chain "
+            "(GET /certificates/chain), saved as JSON"
+        ),
+    ],
+    public_key: Annotated[
+        str | None,
+        typer.Option(
+            help="the key to trust (hex, from GET /certificates/public-key); default: the one "
+            "in the file, which proves only that the file is self-consistent"
+        ),
+    ] = None,
+) -> None:
+    """Check receipts offline: each one's hash and Ed25519 signature, and that consecutive
+    receipts link (each names the previous one's hash, no gap in the sequence)."""
+    import json
+
+    from service.receipts import ReceiptError, verify, verify_chain
+
+    try:
+        document = json.loads(file.read_text())
+        documents = document["receipts"]
+        key = public_key or document["public_key"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(
+            f"{file} is not a certificate or a chain from the API ({type(exc).__name__}: {exc})"
+        ) from None
+    if not documents:
+        raise ValueError(f"{file} holds no receipts (is the request completed?)")
+    try:
+        if "request_id" in document:  # one request's receipts: not consecutive in the chain
+            bodies = [verify(d, key) for d in documents]
+            others = {b["request_id"] for b in bodies} - {document["request_id"]}
+            if others:
+                raise ReceiptError(f"receipts of another request in this certificate: {others}")
+        else:
+            bodies = verify_chain(documents, key)
+    except ReceiptError as exc:
+        err.print(f"[bold red]INVALID:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise SystemExit(1) from None  # not typer.Exit: @friendly would take it for an error
+    for body in bodies:
+        console.print(
+            f"receipt {body['seq']}: {body['kind']}, request {body['request_id']}, "
+            f"completed {body['completed_at']}, base {body['base_model']}, "
+            f"adapter {body['adapter_version']}"
+        )
+    trust = "the key given" if public_key else "the key in the file (pin it with --public-key)"
+    linked = (
+        ""
+        if "request_id" in document
+        else f", chain linked {bodies[0]['seq']}..{bodies[-1]['seq']}"
+    )
+    console.print(f"[bold green]valid:[/] {len(bodies)} receipt(s), signed by {trust}{linked}")
+
+
 @app.command("settings")
 def settings_() -> None:
     """Print every setting (environment variable, default, meaning) as a Markdown table."""

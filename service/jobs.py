@@ -22,7 +22,7 @@ from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session
 
 from e2urec.atomic import folder_sha256
-from service import audit
+from service import audit, receipts
 from service.db.clock import db_now
 from service.db.models import (
     OPEN_STATUSES,
@@ -35,12 +35,14 @@ from service.db.models import (
     Interaction,
     JobKind,
     JobStatus,
+    Receipt,
     RequestStatus,
     UnlearningJob,
     User,
     utcnow,
 )
 from service.forget import transition
+from service.receipts import Signer
 from service.registry import activate_adapter
 
 QUEUE_LOCK = 0x6532_7572  # "e2ur": one advisory lock for every queue change
@@ -422,6 +424,8 @@ def _complete(
     base_model_id: int,
     adapter_id: int | None,
     gate: dict,
+    signer: Signer,
+    kind: str | None = None,
 ) -> tuple[int, int]:
     """Complete ``requests`` with their certificates and delete their users' data; returns
     (interactions deleted, users deleted)."""
@@ -460,10 +464,80 @@ def _complete(
                 gate=gate,
             )
         )
+    session.flush()
+    adapter = session.get(AdapterVersion, adapter_id) if adapter_id is not None else None
+    base = session.get(BaseModel, base_model_id)
+    for request in requests:
+        _receipt(
+            session,
+            signer,
+            request,
+            kind=kind or ("consolidated" if adapter is None else "unlearned"),
+            job=job,
+            base=base,
+            adapter=adapter,
+            completed_at=now,
+            interactions_deleted=counts.get(request.user_id, 0),
+            gate=gate,
+        )
     deleted = session.execute(delete(Interaction).where(Interaction.user_id.in_(user_ids)))
     session.flush()
     users = session.execute(delete(User).where(User.id.in_(user_ids)))  # requests keep the hash
     return deleted.rowcount, users.rowcount
+
+
+def _receipt(
+    session: Session,
+    signer: Signer,
+    request: ForgetRequest,
+    *,
+    kind: str,
+    job: UnlearningJob,
+    base: BaseModel,
+    adapter: AdapterVersion | None,
+    completed_at: datetime,
+    interactions_deleted: int | None,
+    gate: dict,
+) -> None:
+    if kind == "unlearned":
+        statement = (
+            f"The user's interactions and profile were deleted, and adapter {adapter.id}, which "
+            "the quality gate judged to have removed the user's influence, serves on base "
+            f"model {base.id}. Base model {base.id} was trained with the user's data and still "
+            "holds it until a consolidation retrains the base without the user; a later "
+            "receipt in this chain records that consolidation."
+        )
+    elif kind == "never_trained":
+        statement = (
+            f"No model serving was trained on the user's data (none of it was in base model "
+            f"{base.id}'s training window); the user's interactions and profile were deleted."
+        )
+    else:
+        statement = (
+            f"Base model {base.id} was trained without the user's data and serves; the user's "
+            "interactions and profile are deleted, and the model files of every base that "
+            "saw the user are purged."
+        )
+    receipts.append(
+        session,
+        signer,
+        request.id,
+        kind,
+        {
+            "request_id": request.request_id,
+            "user_hash": request.user_hash,
+            "requested_at": request.created_at.isoformat(),
+            "completed_at": completed_at.isoformat(),
+            "batch": job.id,
+            "base_model": base.id,
+            "base_sha256": base.checksum,
+            "adapter_version": adapter.id if adapter is not None else None,
+            "adapter_sha256": adapter.checksum if adapter is not None else None,
+            "interactions_deleted": interactions_deleted,
+            "gate": gate,
+            "statement": statement,
+        },
+    )
 
 
 def _succeed(session: Session, job: UnlearningJob, owner: str, **detail) -> None:
@@ -495,6 +569,7 @@ def publish_and_complete(
     metrics: dict,
     probes: list[dict],
     gate: dict,
+    signer: Signer,
 ) -> Published:
     """In one transaction: register and activate the adapter, complete every request of the job
     with its certificate, and delete the forgotten users' interactions and profiles. If any of it
@@ -541,6 +616,7 @@ def publish_and_complete(
         base_model_id=base_model_id,
         adapter_id=adapter.id,
         gate=gate,
+        signer=signer,
     )
     parent = session.get(AdapterVersion, parent_id) if parent_id is not None else None
     adapter.forgotten_users = (parent.forgotten_users if parent else 0) + len(requests)
@@ -559,6 +635,7 @@ def complete_without_training(
     base_model_id: int,
     adapter_id: int | None,
     metrics: dict,
+    signer: Signer,
 ) -> Published:
     """The job's users have no samples the base trained on (too few ratings, or all after its
     training window): nothing to unlearn, so their requests complete on the model serving now
@@ -574,6 +651,8 @@ def complete_without_training(
         base_model_id=base_model_id,
         adapter_id=adapter_id,
         gate=metrics,
+        signer=signer,
+        kind="never_trained",
     )
     job.base_model_id = base_model_id
     job.metrics = metrics
@@ -589,6 +668,7 @@ def finish_consolidation(
     path,
     recipe: dict,
     excluded_users: set[int],
+    signer: Signer,
 ) -> tuple[int, Published]:
     """Activate the retrained base (adapters of the old one retire) and complete every open
     request of a user the new base was trained without: it never saw them."""
@@ -625,7 +705,31 @@ def finish_consolidation(
         base_model_id=base.id,
         adapter_id=None,
         gate=gate,
+        signer=signer,
     )
+    # Requests completed earlier by an adapter: their receipts said the base still held the
+    # user until a consolidation. This is it: the chain records it for each of them.
+    consolidated = select(Receipt.request_id).where(Receipt.kind == "consolidated")
+    earlier = session.scalars(
+        select(ForgetRequest)
+        .where(
+            ForgetRequest.status == RequestStatus.completed, ForgetRequest.id.not_in(consolidated)
+        )
+        .order_by(ForgetRequest.id)
+    ).all()
+    for request in earlier:
+        _receipt(
+            session,
+            signer,
+            request,
+            kind="consolidated",
+            job=job,
+            base=base,
+            adapter=None,
+            completed_at=request.completed_at or utcnow(),
+            interactions_deleted=None,
+            gate=gate,
+        )
     job.base_model_id = base.id
     job.metrics = recipe.get("metrics", {})
     job.request_count = len(requests)

@@ -196,6 +196,12 @@ class QueueView(BaseModel):
     workers: list[WorkerOut]
 
 
+class ReceiptOut(BaseModel):
+    payload: str = Field(description="The canonical JSON that was hashed and signed, verbatim")
+    hash: str = Field(description="SHA-256 of payload (hex); the next receipt names it")
+    signature: str = Field(description="Ed25519 signature of payload (base64)")
+
+
 class CertificateOut(BaseModel):
     request_id: str
     user_hash: str = Field(description="HMAC-SHA256 of the user id with the deployment's salt")
@@ -206,3 +212,17 @@ class CertificateOut(BaseModel):
     completed_at: datetime
     interactions_deleted: int
     gate: dict
+    public_key: str = Field(description="Ed25519 public key (hex) that signed the receipts")
+    receipts: list[ReceiptOut] = Field(
+        description="This request's signed receipts, oldest first (see /certificates/public-key)"
+    )
+
+
+class PublicKeyOut(BaseModel):
+    algorithm: str = "Ed25519"
+    public_key: str = Field(description="32 bytes, hex")
+
+
+class ChainOut(BaseModel):
+    public_key: str
+    receipts: list[ReceiptOut]

@@ -76,6 +76,11 @@ class Settings(BaseSettings):
         description="Salt of the user-id hashes kept after deletion; default: generated once "
         "and stored in <data_dir>/user_hash_salt",
     )
+    signing_key: SecretStr = Field(
+        SecretStr(""),
+        description="Ed25519 key (32 bytes, hex) that signs deletion receipts; default: "
+        "generated once and stored in <data_dir>/receipt_signing_key",
+    )
     max_k: int = Field(100, ge=1, description="Largest k /recommend accepts")
     max_candidates: int = Field(200, ge=1, description="Longest explicit candidates= list")
     candidate_pool: int = Field(50, ge=1, description="Candidates the first stage hands the LLM")
@@ -268,6 +273,14 @@ class Settings(BaseSettings):
             self.gate_false_alarm,
             self.gate_power,
         )
+
+    def signer(self):
+        """The receipt signer: the configured key, else one generated once in the data dir."""
+        from service.receipts import Signer
+
+        if self.signing_key.get_secret_value():
+            return Signer.from_seed_hex(self.signing_key.get_secret_value())
+        return Signer.from_file(self.data_dir / "receipt_signing_key")
 
     def salt(self) -> bytes:
         """The user-hash salt: from settings, else generated once and kept in the data dir."""

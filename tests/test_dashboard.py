@@ -119,6 +119,7 @@ def test_the_dashboard_follows_a_job_to_completion(browser, tmp_path):
                         }
                     },
                     probes=[],
+                    signer=settings.signer(),
                     gate={},
                 )
             wait.until(lambda b: "succeeded" in _text(b, "#jobs"))

@@ -234,7 +234,7 @@ def test_the_purge_spares_a_leased_jobs_folder_and_publish_rechecks_it(db, tmp_p
     with session_scope(db) as s, pytest.raises(RuntimeError, match="changed since the gate"):
         publish_and_complete(
             s, job_id, "w", base_model_id=1, parent_id=None, path=str(live),
-            checksum=checksum, metrics={}, probes=[], gate={},
+            checksum=checksum, metrics={}, probes=[], gate={}, signer=settings.signer(),
         )  # fmt: skip
     with session_scope(db, write=False) as s:
         assert active_adapter(s) is None

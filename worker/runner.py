@@ -154,6 +154,7 @@ def run_unlearning(settings: Settings, job_id: int, owner: str, attempt: int, le
                 base_model_id=base.id,
                 adapter_id=active.id if active else None,
                 metrics=metrics,
+                signer=settings.signer(),
             )
 
     if not requests:
@@ -243,6 +244,7 @@ def run_unlearning(settings: Settings, job_id: int, owner: str, attempt: int, le
                 metrics=metrics,
                 probes=probes,
                 gate=gate.metrics,
+                signer=settings.signer(),
             )
     except Exception:
         # The commit's outcome can be unknown (the connection broke during COMMIT): the folder
@@ -292,7 +294,13 @@ def run_consolidation(
     try:
         with session_scope(settings.db_url) as session:
             base_id, published = finish_consolidation(
-                session, job_id, owner, path=out, recipe=new_recipe, excluded_users=excluded
+                session,
+                job_id,
+                owner,
+                path=out,
+                recipe=new_recipe,
+                excluded_users=excluded,
+                signer=settings.signer(),
             )
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)

@@ -272,6 +272,23 @@ class Certificate(Base):
     gate: Mapped[dict] = mapped_column(default=dict)
 
 
+class Receipt(Base):
+    """A signed, chained receipt of what was done for a forget request: an append-only chain
+    (each carries the previous one's hash) that a third party checks with the public key.
+    ``payload`` is the exact canonical JSON that was hashed and signed."""
+
+    __tablename__ = "receipts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, unique=True)  # 1, 2, 3 ... with no gap
+    request_id: Mapped[int] = mapped_column(ForeignKey("forget_requests.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "unlearned" | "consolidated"
+    payload: Mapped[str] = mapped_column(Text)
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str] = mapped_column(String(128))  # base64 Ed25519
+
+
 class AuditEntry(Base):
     """Append-only: every state change of a forget request, job or adapter."""
 

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Request, Response, status
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 from sqlalchemy import select
 
-from service.db.models import Certificate, ForgetRequest, User
-from service.deps import ForgetCaller, ReadSession, SettingsDep, WriteSession
+from service.db.models import Certificate, ForgetRequest, Receipt, User
+from service.deps import AdminCaller, ForgetCaller, ReadSession, SettingsDep, WriteSession
 from service.forget import UnknownUser, request_forget
+from service.receipts import as_document
 from service.schemas import (
     EXTERNAL_ID,
     UUID_PATTERN,
     CertificateOut,
+    ChainOut,
     ForgetRequestOut,
     Problem,
+    PublicKeyOut,
+    ReceiptOut,
 )
 
 router = APIRouter(tags=["forget"])
@@ -93,6 +97,7 @@ def forget_status(
 def forget_certificate(
     request_id: Annotated[str, Path(pattern=UUID_PATTERN, description="The request id")],
     session: ReadSession,
+    settings: SettingsDep,
     caller: ForgetCaller,
 ) -> CertificateOut:
     row = session.execute(
@@ -106,6 +111,9 @@ def forget_certificate(
             f"no certificate for {request_id}: the request does not exist or is not completed",
         )
     forget, cert = row
+    chain = session.scalars(
+        select(Receipt).where(Receipt.request_id == forget.id).order_by(Receipt.seq)
+    ).all()
     return CertificateOut(
         request_id=forget.request_id,
         user_hash=cert.user_hash,
@@ -116,4 +124,36 @@ def forget_certificate(
         completed_at=cert.completed_at,
         interactions_deleted=cert.interactions_deleted,
         gate=cert.gate,
+        public_key=settings.signer().public_hex,
+        receipts=[ReceiptOut(**as_document(r)) for r in chain],
+    )
+
+
+@router.get(
+    "/certificates/public-key",
+    response_model=PublicKeyOut,
+    summary="The key that signs deletion receipts (no key needed: anyone may verify)",
+)
+def certificate_public_key(settings: SettingsDep) -> PublicKeyOut:
+    return PublicKeyOut(public_key=settings.signer().public_hex)
+
+
+@router.get(
+    "/certificates/chain",
+    response_model=ChainOut,
+    summary="Every receipt in chain order (admin), for `e2urec-service verify-certificate`",
+)
+def certificate_chain(
+    session: ReadSession,
+    settings: SettingsDep,
+    caller: AdminCaller,
+    after_seq: Annotated[int, Query(ge=0, description="Receipts after this sequence number")] = 0,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> ChainOut:
+    rows = session.scalars(
+        select(Receipt).where(Receipt.seq > after_seq).order_by(Receipt.seq).limit(limit)
+    ).all()
+    return ChainOut(
+        public_key=settings.signer().public_hex,
+        receipts=[ReceiptOut(**as_document(r)) for r in rows],
     )
