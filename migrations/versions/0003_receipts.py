@@ -24,7 +24,7 @@ def upgrade() -> None:
         "receipts",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("seq", sa.Integer(), nullable=False),
-        sa.Column("request_id", sa.Integer(), nullable=False),
+        sa.Column("request_id", sa.BigInteger(), nullable=False),
         sa.Column("kind", sa.String(length=16), nullable=False),
         sa.Column("payload", sa.Text(), nullable=False),
         sa.Column("hash", sa.String(length=64), nullable=False),

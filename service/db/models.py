@@ -281,8 +281,10 @@ class Receipt(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     seq: Mapped[int] = mapped_column(Integer, unique=True)  # 1, 2, 3 ... with no gap
-    request_id: Mapped[int] = mapped_column(ForeignKey("forget_requests.id"), index=True)
-    kind: Mapped[str] = mapped_column(String(16))  # "unlearned" | "consolidated"
+    request_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("forget_requests.id"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(16))  # "unlearned" | "never_trained" | "consolidated"
     payload: Mapped[str] = mapped_column(Text)
     hash: Mapped[str] = mapped_column(String(64), unique=True)
     prev_hash: Mapped[str] = mapped_column(String(64))
