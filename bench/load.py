@@ -64,9 +64,11 @@ async def recommend_load(url: str, users: int, concurrency: int, seconds: float)
     lat: list[float] = []
     failed: list[str] = []
     versions: set[str] = set()
+    unpersonalised = 0
     deadline = time.perf_counter() + seconds
 
     async def client(c: httpx.AsyncClient, k: int) -> None:
+        nonlocal unpersonalised
         n = 0
         while time.perf_counter() < deadline:
             n += 1
@@ -84,6 +86,7 @@ async def recommend_load(url: str, users: int, concurrency: int, seconds: float)
             lat.append(time.perf_counter() - started)
             v = r.json()["model_version"]
             versions.add(v["label"] if v else "none")
+            unpersonalised += not r.json()["personalized"]  # fail closed while a swap loads
 
     headers = {"Authorization": f"Bearer {ADMIN}"}
     async with httpx.AsyncClient(
@@ -92,7 +95,100 @@ async def recommend_load(url: str, users: int, concurrency: int, seconds: float)
         started = time.perf_counter()
         await asyncio.gather(*(client(c, k) for k in range(concurrency)))
         elapsed = time.perf_counter() - started
-    return summary(lat, failed, elapsed, concurrency, versions=sorted(versions))
+    return summary(
+        lat, failed, elapsed, concurrency, versions=sorted(versions), unpersonalised=unpersonalised
+    )
+
+
+async def impatient_load(
+    url: str, users: int, impatient: int, patient: int, seconds: float, reference: dict
+) -> dict:
+    """Clients that give up mid-request (client timeouts of 20-400 ms: they disconnect) beside
+    patient ones, against a server whose score timeout is short enough that some requests time
+    out inside it too (503, documented). The patient clients' answers must be exactly the ones
+    scored without load (``reference``); no other 5xx; the engine must stay alive."""
+    import random
+
+    out = {"gave_up": 0, "server_503": 0, "other_errors": [], "impatient_ok": 0}
+    patient_ok, patient_503, worst = 0, 0, 0.0
+    deadline = time.perf_counter() + seconds
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+
+    async def rude(k: int) -> None:
+        rng = random.Random(k)
+        async with httpx.AsyncClient(base_url=url, headers=headers) as c:
+            while time.perf_counter() < deadline:
+                user = str(1 + rng.randrange(users))
+                try:
+                    r = await c.get(
+                        "/recommend",
+                        params={"user_id": user, "k": 10},
+                        timeout=rng.uniform(0.02, 0.4),
+                    )
+                except httpx.TimeoutException:
+                    out["gave_up"] += 1  # the client hung up mid-request
+                    continue
+                except httpx.HTTPError as exc:
+                    out["other_errors"].append(repr(exc))
+                    continue
+                if r.status_code == 503 and "overloaded" in r.text:
+                    out["server_503"] += 1
+                elif r.status_code == 200:
+                    out["impatient_ok"] += 1
+                else:
+                    out["other_errors"].append(f"{r.status_code} {r.text[:100]}")
+
+    async def polite(k: int) -> None:
+        nonlocal patient_ok, patient_503, worst
+        keys = sorted(reference)
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as c:
+            n = 0
+            while time.perf_counter() < deadline:
+                user, candidates = keys[(k + n) % len(keys)]
+                n += 1
+                r = await c.get(
+                    "/recommend", params={"user_id": user, "k": 50, "candidates": candidates}
+                )
+                if r.status_code == 503 and "overloaded" in r.text:
+                    patient_503 += 1
+                    continue
+                if r.status_code != 200:
+                    out["other_errors"].append(f"patient {r.status_code} {r.text[:100]}")
+                    continue
+                got = {i["item_id"]: i["score"] for i in r.json()["items"]}
+                want = reference[(user, candidates)]
+                worst = max(worst, max(abs(got[i] - v) for i, v in want.items()))
+                patient_ok += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(rude(k) for k in range(impatient)), *(polite(k) for k in range(patient)))
+    elapsed = time.perf_counter() - started
+    return out | {
+        "other_5xx_or_errors": len(out["other_errors"]),
+        "other_errors": out["other_errors"][:5],
+        "patient_ok": patient_ok,
+        "patient_503": patient_503,
+        "patient_max_score_diff": worst,
+        "impatient": impatient,
+        "patient": patient,
+        "seconds": elapsed,
+    }
+
+
+def reference_scores(url: str, users: list[str], candidates: str) -> dict:
+    """Each user's scores for ``candidates`` with nothing else running."""
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+    ref = {}
+    for user in users:
+        r = httpx.get(
+            f"{url}/recommend",
+            params={"user_id": user, "k": 50, "candidates": candidates},
+            headers=headers,
+            timeout=60,
+        )
+        r.raise_for_status()
+        ref[(user, candidates)] = {i["item_id"]: i["score"] for i in r.json()["items"]}
+    return ref
 
 
 async def forget_load(
@@ -161,6 +257,9 @@ def main(
     users: int = 1000,
     port: int = 8767,
     redis_url: str = "redis://127.0.0.1:6379/0",
+    impatient_timeout: Annotated[
+        float, typer.Option(help="the server's score timeout in the impatient-clients phase")
+    ] = 0.5,
 ) -> None:
     from e2urec.adapter_files import read_adapter
     from service.db.models import AdapterStatus, AdapterVersion
@@ -236,10 +335,34 @@ def main(
             ]
         finally:
             stop(proc)
+        # Clients that give up, against a server whose score timeout is short (its own
+        # process: the other phases keep the default timeout).
+        proc = start_api(port, env | {"E2UREC_SCORE_TIMEOUT_SECONDS": str(impatient_timeout)})
+        try:
+            polite_users = [str(u) for u in range(2, 10)]
+            reference = reference_scores(base_url, polite_users, ",".join(map(str, range(1, 31))))
+            results["impatient"] = asyncio.run(
+                impatient_load(base_url, users // 2, concurrency, 4, seconds, reference)
+            )
+            health = httpx.get(f"{base_url}/health", timeout=10)
+            metrics = httpx.get(f"{base_url}/metrics").text
+            restarts = [
+                float(line.split()[1])
+                for line in metrics.splitlines()
+                if line.startswith("e2urec_engine_restarts_total")
+            ]
+            results["impatient"] |= {
+                "health_after": health.status_code,
+                "engine_restarts": restarts[0] if restarts else float("nan"),
+            }
+            print("impatient clients:", results["impatient"], flush=True)
+        finally:
+            stop(proc)
     command = "python " + " ".join(sys.argv)
     out.mkdir(parents=True, exist_ok=True)
     (out / "load.json").write_text(json.dumps({"command": command, **results}, indent=2))
     r, f, m = results["recommend"], results["forget"], results["during_swaps"]
+    x = results["impatient"]
     pause = {line.split()[0]: float(line.split()[1]) for line in results["swap_pause"]}
     mean_pause = pause.get("e2urec_model_swap_pause_seconds_sum", 0.0) / max(
         1.0, pause.get("e2urec_model_swap_pause_seconds_count", 0.0)
@@ -263,6 +386,20 @@ def main(
         f"{m['forget']['requests']} | {m['forget']['failed']} | {m['forget']['rps']:.1f} | "
         f"{m['forget']['p50_ms']:.0f} | {m['forget']['p99_ms']:.0f} |",
         "",
+        f"| `GET /recommend` from {x['impatient']} clients that hang up after 20-400 ms, "
+        f"server score timeout {impatient_timeout:g} s | {x['impatient']} | "
+        f"{x['gave_up'] + x['server_503'] + x['impatient_ok']} ({x['gave_up']} hung up, "
+        f"{x['server_503']} timed out: 503) | {x['other_5xx_or_errors']} | | | |",
+        f"| ... beside them, patient clients (scores compared with an idle server's) | "
+        f"{x['patient']} | {x['patient_ok'] + x['patient_503']} ({x['patient_503']} 503) | "
+        f"{x['other_5xx_or_errors']} | | | |",
+        "",
+        f"Impatient phase: largest difference of a patient client's score from the idle "
+        f"server's {x['patient_max_score_diff']:.1e}; /health after it {x['health_after']}; "
+        f"engine restarts {x['engine_restarts']:.0f}. During the swaps "
+        f"{m['recommend']['unpersonalised']} answers were the flagged non-personalised ones "
+        "(fail closed: the registry had moved on and the new adapter was still loading).",
+        "",
         f"Versions seen during the swaps: {', '.join(m['recommend']['versions'])}. Mean pause "
         f"of serving per swap (applying the adapter and its probes between two batches): "
         f"{mean_pause * 1000:.1f} ms.",
@@ -274,6 +411,8 @@ def main(
     (out / "load.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     failed = r["failed"] + f["failed"] + m["recommend"]["failed"] + m["forget"]["failed"]
+    failed += x["other_5xx_or_errors"] + (x["health_after"] != 200) + (x["engine_restarts"] != 0)
+    failed += x["patient_max_score_diff"] > 1e-3  # a patient answer changed under load
     if failed:
         raise SystemExit(f"{failed} requests failed")
 
