@@ -32,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/wo
 from bench.common import clean_env, machine, start, stop  # noqa: E402
 
 KEY = "bench-key-0123456789abcdef"
+# The salt picks the audit users (never trained on): the base and the stack must share it.
+SALT = "bench-salt-0123456789"
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
@@ -54,7 +56,12 @@ def train_once(
 
     recipe_file = work / "recipe.json"
     if recipe_file.exists():
-        return json.loads(recipe_file.read_text())
+        recipe = json.loads(recipe_file.read_text())
+        if recipe.get("salt") != SALT:
+            raise SystemExit(
+                f"{work} holds a base trained with another salt (other audit users): delete it"
+            )
+        return recipe
     work.mkdir(parents=True, exist_ok=True)
     url = f"sqlite:///{work / 'train.db'}"
     dataset = generate_synthetic(
@@ -63,7 +70,7 @@ def train_once(
     migrate_database(url)
     with session_scope(url) as session:
         import_dataset(session, dataset, {"format": "synthetic"})
-    settings = Settings(data_dir=work, database_url=url, user_hash_salt="bench-salt-0123456789")
+    settings = Settings(data_dir=work, database_url=url, user_hash_salt=SALT)
     recipe = train_base(
         settings,
         work / "base",
@@ -77,6 +84,7 @@ def train_once(
         repeat=repeat,
         early_stop=not memorise,
     )
+    recipe["salt"] = SALT
     recipe_file.write_text(json.dumps(recipe, default=str))
     return recipe
 
@@ -126,7 +134,7 @@ def run_batch(n: int, url: str, work: Path, redis_url: str, port: int) -> dict:
         E2UREC_DATA_DIR=str(data_dir),
         E2UREC_REDIS_URL=redis_url,
         E2UREC_API_KEYS=f"{KEY}:forget+recommend+admin",
-        E2UREC_USER_HASH_SALT="bench-salt-0123456789",
+        E2UREC_USER_HASH_SALT=SALT,
         E2UREC_QUEUE_UNLEARNING=f"bench.{private}.unlearning",
         E2UREC_QUEUE_CONTROL=f"bench.{private}.control",
         E2UREC_MODEL_CHANNEL=f"bench:{private}",
