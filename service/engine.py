@@ -111,6 +111,7 @@ class InferenceEngine:
         batching: bool = True,
         probe_tolerance: float = 1e-3,
         on_batch: Callable[[int, int], None] | None = None,
+        on_dropped: Callable[[int], None] | None = None,
     ):
         if max_batch_rows < 1:
             raise ValueError("max_batch_rows must be at least 1")
@@ -122,6 +123,7 @@ class InferenceEngine:
         self.batching = batching
         self.probe_tolerance = probe_tolerance
         self.on_batch = on_batch  # (requests, rows) after each batch, for metrics
+        self.on_dropped = on_dropped  # requests skipped because their client gave up
         self._queue: queue.Queue = queue.Queue()
         self._carry: deque[_Request] = deque()  # taken from the queue but left for next batch
         self._current: list[_Request] = []  # the batch being scored
@@ -299,7 +301,10 @@ class InferenceEngine:
     def _score_batch(self, batch: list[_Request]) -> None:
         # A request whose client gave up (timed out, disconnected) is dropped unscored; the
         # others are marked running so they can no longer be cancelled under the loop.
-        batch = [r for r in batch if r.future.set_running_or_notify_cancel()]
+        live = [r for r in batch if r.future.set_running_or_notify_cancel()]
+        if len(live) < len(batch) and self.on_dropped is not None:
+            self.on_dropped(len(batch) - len(live))
+        batch = live
         if not batch:
             return
         self._current = batch  # told of the failure if the loop dies while scoring them

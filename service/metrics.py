@@ -123,6 +123,11 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.engine_dropped = Counter(
+            "e2urec_engine_dropped_requests",
+            "Requests skipped unscored because their client gave up (timeout, disconnect)",
+            registry=r,
+        )
         self.engine_restarts = Counter(
             "e2urec_engine_restarts", "Inference loops found dead and restarted", registry=r
         )

@@ -54,6 +54,7 @@ class Serving:
             batching=s.batching,
             probe_tolerance=s.probe_tolerance,
             on_batch=self.metrics.on_batch,
+            on_dropped=self.metrics.engine_dropped.inc,
         ).start()
 
     # -- lifecycle -----------------------------------------------------------------------------

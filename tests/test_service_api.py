@@ -362,3 +362,44 @@ def test_an_operator_can_require_a_key_for_metrics(db, tmp_path):
         assert c.get("/metrics", headers=auth(FORGET_KEY)).status_code == 403
         r = c.get("/metrics", headers=auth("scraper-key-0123456789abc"))
         assert r.status_code == 200 and "e2urec_forget_requests_open" in r.text
+
+
+def test_a_client_that_hangs_up_frees_the_engine_of_its_work(db, tmp_path):
+    """A client disconnects while its request waits behind a busy engine: the server notices,
+    cancels the queued work, and the engine drops it unscored instead of keeping others
+    waiting for an answer nobody reads."""
+    settings = make_settings(db, tmp_path / "data")
+    app = create_app(settings)
+    with LiveServer(app) as server:
+        engine = app.state.serving.engine
+        busy = threading.Event()
+        stalled = engine._control(lambda: busy.wait(20))  # the engine is busy until released
+        with pytest.raises(httpx.TimeoutException):
+            httpx.get(
+                f"{server.url}/recommend",
+                params={"user_id": "1", "k": 3},
+                headers=auth(RECOMMEND_KEY),
+                timeout=0.5,
+            )
+        from tests.service_support import wait_for
+
+        def metric(prefix: str) -> str:
+            text = httpx.get(f"{server.url}/metrics").text
+            return next((x for x in text.splitlines() if x.startswith(prefix)), "")
+
+        # the server notices the hang-up (it polls every 50 ms) and answers nobody with 499
+        wait_for(lambda: 'status="499"' in metric('e2urec_http_requests_total{method="GET",'
+                                                  'route="/recommend",status="499"'), 10,
+                 "the server to notice the hang-up")  # fmt: skip
+        busy.set()
+        stalled.result(10)
+        wait_for(
+            lambda: float(metric("e2urec_engine_dropped").split()[1]) >= 1,
+            10,
+            "the abandoned request to be dropped unscored",
+        )
+        r = httpx.get(
+            f"{server.url}/recommend", params={"user_id": "1", "k": 3}, headers=auth(RECOMMEND_KEY)
+        )
+        assert r.status_code == 200 and r.json()["personalized"] is True
+        assert httpx.get(f"{server.url}/health").status_code == 200

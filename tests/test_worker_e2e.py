@@ -19,6 +19,7 @@ from service.db.models import (
 )
 from service.db.session import session_scope
 from service.main import create_app
+from service.receipts import verify
 from tests.service_support import (
     ADMIN_KEY,
     FORGET_KEY,
@@ -79,6 +80,9 @@ def test_forget_requests_become_a_serving_adapter_and_the_data_is_gone(service_b
             assert cert.status_code == 200 and cert.json()["adapter_version"] == adapter_id
             assert cert.json()["interactions_deleted"] > 0
             assert "mia_auc_after" in cert.json()["gate"]
+            receipts = cert.json()["receipts"]  # signed, and verifiable with the published key
+            key = c.get("/certificates/public-key").json()["public_key"]
+            assert [verify(r, key)["kind"] for r in receipts] == ["unlearned"]
             view = c.get("/admin/queue", headers=auth(ADMIN_KEY)).json()
             metrics = c.get("/metrics").text
             again = c.post(f"/forget/{FORGET[0]}", headers=auth(FORGET_KEY))
@@ -112,6 +116,13 @@ def test_forget_requests_become_a_serving_adapter_and_the_data_is_gone(service_b
             assert completed == 3
             adapter = s.get(AdapterVersion, adapter_id)
             path, gate = adapter.path, adapter.metrics["gate"]
+
+    # No log of the worker or beat names a forgotten user by their raw id.
+    for log in tmp_path.glob("*.log"):
+        text = log.read_text(errors="replace")
+        for user in FORGET:
+            for raw in (f"/forget/{user} ", f"user_id={user}&", f"user {user} ", f"'{user}'"):
+                assert raw not in text, (log.name, raw)
 
     # The forget set looks less familiar to the unlearned model, as in the benchmark.
     before_loss = forget_loss(service_base.base, None, catalog, forget_samples)

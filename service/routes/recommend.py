@@ -77,6 +77,32 @@ def _item(serving: Serving, item_id: int, score: float, source: str) -> Recommen
     )
 
 
+class _ClientGone(Exception):
+    pass
+
+
+async def _score_unless_abandoned(request: Request, scoring, timeout: float):
+    """Await the engine, but give up (cancelling the queued work, which the engine then skips)
+    when the client disconnects or the timeout passes: an abandoned request must not keep the
+    model busy while others wait."""
+    task = asyncio.ensure_future(scoring)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    try:
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError
+            done, _ = await asyncio.wait({task}, timeout=min(0.05, remaining))
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                raise _ClientGone
+    finally:
+        if not task.done():
+            task.cancel()
+
+
 def _unpersonalised(
     serving: Serving, user_id: str, explicit: list[int] | None, k: int, note: str
 ) -> Recommendations:
@@ -162,13 +188,16 @@ async def recommend(
     )
     suffixes = [target_suffix(serving.items[i]) for i, _ in pool]
     try:
-        scored = await asyncio.wait_for(
-            engine.score(prefix, suffixes), settings.score_timeout_seconds
+        scored = await _score_unless_abandoned(
+            request, engine.score(prefix, suffixes), settings.score_timeout_seconds
         )
     except TimeoutError:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE, "the model is overloaded; retry shortly"
         ) from None
+    except _ClientGone:
+        # Nobody reads this answer; its rows were dropped from the engine's queue unscored.
+        raise HTTPException(499, "client closed the request") from None
     ranked = sorted(zip(pool, scored.scores, strict=True), key=lambda x: -x[1])[:k]
     v = scored.version
     if (v.base, v.adapter) != (base, adapter):  # swapped between the check and the batch
