@@ -232,8 +232,12 @@ async def forget_load(
     return summary(lat, failed, elapsed, concurrency, repeats=repeats)
 
 
-def swapper(settings, versions: list[int], every: float, stop: threading.Event, log: list):
-    """Activate the adapters in turn, as the worker does (registry, then notice)."""
+def swapper(
+    settings, versions: list[int], every: float, stop: threading.Event, log: list, url: str
+):
+    """Activate the adapters in turn, as the worker does (registry, then notice), and time how
+    long the server is behind the registry each time (it answers without personalisation
+    meanwhile: fail closed)."""
     from service.db.models import AdapterVersion
     from service.db.session import session_scope
     from service.model_sync import publish_model_change
@@ -245,8 +249,13 @@ def swapper(settings, versions: list[int], every: float, stop: threading.Event, 
         k += 1
         with session_scope(settings.db_url) as s:
             activate_adapter(s, s.get(AdapterVersion, version), actor="load-test")
+        activated = time.perf_counter()
         publish_model_change(settings, str(version))
-        log.append((time.perf_counter(), version))
+        want = f"base-1/adapter-{version}"
+        while time.perf_counter() - activated < 30:
+            if httpx.get(f"{url}/ready", timeout=10).json()["model_version"] == want:
+                break
+        log.append((version, time.perf_counter() - activated))
 
 
 @app.command()
@@ -310,7 +319,7 @@ def main(
 
             done, swaps = threading.Event(), []
             t = threading.Thread(
-                target=swapper, args=(settings, versions, seconds / 5, done, swaps)
+                target=swapper, args=(settings, versions, seconds / 5, done, swaps, base_url)
             )
             t.start()
             second = list(range(users // 2 + 1 + users // 4, users + 1))
@@ -324,7 +333,12 @@ def main(
             rec, fg = asyncio.run(mixed())
             done.set()
             t.join()
-            results["during_swaps"] = {"recommend": rec, "forget": fg, "swaps": len(swaps)}
+            results["during_swaps"] = {
+                "recommend": rec,
+                "forget": fg,
+                "swaps": len(swaps),
+                "behind_seconds": [round(b, 3) for _, b in swaps],
+            }
             print("during swaps:", results["during_swaps"], flush=True)
             metrics = httpx.get(f"{base_url}/metrics").text
             results["swap_pause"] = [
@@ -400,7 +414,11 @@ def main(
         f"engine restarts {x['engine_restarts']:.0f}; requests dropped from the engine's queue "
         f"unscored because their client had gone {x['dropped_unscored']:.0f}. During the swaps "
         f"{m['recommend']['unpersonalised']} answers were the flagged non-personalised ones "
-        "(fail closed: the registry had moved on and the new adapter was still loading).",
+        "(fail closed: the registry had moved on and the new adapter was still loading; they "
+        "are fast, so they are many): the server was behind the registry for "
+        f"{sum(m['behind_seconds']):.1f} s of the phase's {seconds:.0f} s, "
+        f"{1000 * sum(m['behind_seconds']) / max(1, m['swaps']):.0f} ms a swap on average "
+        "(activation to /ready naming the new version, under load).",
         "",
         f"Versions seen during the swaps: {', '.join(m['recommend']['versions'])}. Mean pause "
         f"of serving per swap (applying the adapter and its probes between two batches): "

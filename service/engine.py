@@ -83,6 +83,7 @@ class _Control:
 
 
 _STOP = object()
+_WAKE = object()  # "a model change is waiting": ends the gathering of the current batch
 
 
 def _settle(future: Future, result: Any = None, exc: BaseException | None = None) -> None:
@@ -125,6 +126,10 @@ class InferenceEngine:
         self.on_batch = on_batch  # (requests, rows) after each batch, for metrics
         self.on_dropped = on_dropped  # requests skipped because their client gave up
         self._queue: queue.Queue = queue.Queue()
+        # Model changes jump the request queue: applied after the batch being scored, not after
+        # every request already waiting (each answer that waits on a swap is a non-personalised
+        # one while the process is behind the registry).
+        self._controls: deque[_Control] = deque()
         self._carry: deque[_Request] = deque()  # taken from the queue but left for next batch
         self._current: list[_Request] = []  # the batch being scored
         self._thread: threading.Thread | None = None
@@ -209,7 +214,8 @@ class InferenceEngine:
             except Exception as exc:
                 future.set_exception(exc)
             return future
-        self._queue.put(_Control(action, future))
+        self._controls.append(_Control(action, future))
+        self._queue.put(_WAKE)
         return future
 
     # -- the loop ---------------------------------------------------------------------------
@@ -226,26 +232,29 @@ class InferenceEngine:
 
     def _loop(self) -> None:
         while True:
+            try:
+                while self._controls:  # between two batches, before any waiting request
+                    self._run_control(self._controls.popleft())
+            except Exception:
+                self.errors += 1
+                log.exception("the inference loop caught an error and goes on")
             item = self._carry.popleft() if self._carry else self._queue.get()
             if item is _STOP:
                 self._fail_waiting()
                 return
+            if item is _WAKE:
+                continue
             try:
-                if isinstance(item, _Control):
-                    self._run_control(item)
-                    continue
-                batch, control = self._gather(item)
+                batch = self._gather(item)
                 self._score_batch(batch)
-                if control is not None:
-                    self._run_control(control)
             except Exception:  # never let one request's failure end the loop
                 self.errors += 1
                 log.exception("the inference loop caught an error and goes on")
 
-    def _gather(self, first: _Request) -> tuple[list[_Request], _Control | None]:
+    def _gather(self, first: _Request) -> list[_Request]:
         batch, rows = [first], len(first.suffixes)
         if not self.batching:
-            return batch, None
+            return batch
         deadline = time.perf_counter() + self.max_wait
         while rows < self.max_batch_rows:
             try:
@@ -260,17 +269,17 @@ class InferenceEngine:
                     )
             except queue.Empty:
                 break
-            if item is _STOP or isinstance(item, _Control):
-                if item is _STOP:
-                    self._carry.appendleft(item)
-                    return batch, None
-                return batch, item
+            if item is _WAKE:
+                break  # a model change waits: score what we have, then apply it
+            if item is _STOP:
+                self._carry.appendleft(item)
+                break
             if rows + len(item.suffixes) > self.max_batch_rows:
                 self._carry.appendleft(item)  # first in the next batch
                 break
             batch.append(item)
             rows += len(item.suffixes)
-        return batch, None
+        return batch
 
     def _run_control(self, control: _Control) -> None:
         if not control.future.set_running_or_notify_cancel():
@@ -286,17 +295,19 @@ class InferenceEngine:
         _settle(control.future, result)
 
     def _fail_waiting(self, exc: Exception | None = None) -> None:
-        current = self._current
-        self._current = []
+        error = exc or RuntimeError("the inference engine stopped")
+        current, self._current = self._current, []
         for request in current:
-            _settle(request.future, exc=exc or RuntimeError("the inference engine stopped"))
+            _settle(request.future, exc=error)
+        while self._controls:
+            _settle(self._controls.popleft().future, exc=error)
         while True:
             try:
                 item = self._carry.popleft() if self._carry else self._queue.get_nowait()
             except queue.Empty:
                 return
-            if isinstance(item, _Request | _Control):
-                _settle(item.future, exc=exc or RuntimeError("the inference engine stopped"))
+            if isinstance(item, _Request):
+                _settle(item.future, exc=error)
 
     def _score_batch(self, batch: list[_Request]) -> None:
         # A request whose client gave up (timed out, disconnected) is dropped unscored; the

@@ -283,3 +283,25 @@ def test_a_dead_loop_is_noticed_and_restarted(world, monkeypatch):
         assert len(engine.submit(*requests[1]).result(10).scores) == len(requests[1][1])
     finally:
         engine.stop()
+
+
+def test_a_model_change_jumps_the_queue_of_waiting_requests(world, tmp_path):
+    """While the engine holds an older version than the registry, every answer is a
+    non-personalised one: a swap is applied after the batch being scored, not after every
+    request already waiting."""
+    backbone, requests = world
+    engine = _engine(backbone, max_batch_rows=4)
+    try:
+        busy = threading.Event()
+        stalled = engine._control(lambda: busy.wait(10))
+        waiting = [engine.submit(p, s) for p, s in requests for _ in range(3)]
+        seen = {}
+        swap = engine._control(lambda: seen.setdefault("done", sum(f.done() for f in waiting)))
+        busy.set()
+        stalled.result(10)
+        swap.result(30)
+        for f in waiting:
+            f.result(30)
+        assert seen["done"] == 0, seen  # applied before any of the waiting requests
+    finally:
+        engine.stop()
