@@ -400,7 +400,6 @@ def main(
         f"| {m['forget']['concurrency']} | "
         f"{m['forget']['requests']} | {m['forget']['failed']} | {m['forget']['rps']:.1f} | "
         f"{m['forget']['p50_ms']:.0f} | {m['forget']['p99_ms']:.0f} |",
-        "",
         f"| `GET /recommend` from {x['impatient']} clients that hang up after 0.1-1.5 s, "
         f"server score timeout {impatient_timeout:g} s | {x['impatient']} | "
         f"{x['gave_up'] + x['server_503'] + x['impatient_ok']} ({x['gave_up']} hung up, "
