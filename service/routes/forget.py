@@ -147,7 +147,9 @@ def certificate_chain(
     session: ReadSession,
     settings: SettingsDep,
     caller: AdminCaller,
-    after_seq: Annotated[int, Query(ge=0, description="Receipts after this sequence number")] = 0,
+    after_seq: Annotated[
+        int, Query(ge=0, le=2**31 - 1, description="Receipts after this sequence number")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> ChainOut:
     rows = session.scalars(
