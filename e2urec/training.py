@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -39,6 +40,10 @@ class TrainConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
+    # Autocast forward and backward to bfloat16 (weights and optimiser stay float32): 1.6x per
+    # step on a CPU with bfloat16 matmuls (bench/results/llm-speed-cpu), more on a GPU. Scoring
+    # for validation stays float32 so that early stopping compares like with like.
+    bf16: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -48,6 +53,41 @@ class TrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.early_stop_on not in ("auc", "loss"):
             raise ValueError(f"early_stop_on must be 'auc' or 'loss', got {self.early_stop_on!r}")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a backbone is trained when nobody says otherwise (`e2urec-service bootstrap`,
+    consolidation): TrainConfig settings and how many of the latest samples to use (0 = all)."""
+
+    train: dict
+    samples: int = 0
+
+    def config(self, **overrides) -> TrainConfig:
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return TrainConfig(**(self.train | given))
+
+
+# From-scratch presets train every weight. A pretrained LLM is instruction-tuned the TALLRec way:
+# a LoRA on q/v merged into the weights afterwards, bfloat16 autocast, and a sample budget that
+# fits about 30 minutes on 2 CPU cores (2,000 samples: 1,200 trained twice at ~0.6 s each;
+# bench/results/llm-train-cpu). A full fine-tune at the presets' lr 2e-3 would wreck it.
+_SCRATCH = Recipe({"epochs": 4, "lr": 2e-3})
+_PRETRAINED = Recipe(
+    {
+        "lora": True,
+        "bf16": True,
+        "epochs": 2,
+        "lr": 1e-3,
+        "batch_size": 8,
+        "max_valid_samples": 200,
+    },
+    samples=2000,
+)
+
+
+def recipe_for(backbone_spec: str) -> Recipe:
+    return _SCRATCH if backbone_spec in ("tiny", "tiny-t5") else _PRETRAINED
 
 
 @dataclass
@@ -73,6 +113,13 @@ def bucketed_batches(
         batches += [block[i : i + batch_size] for i in range(0, len(block), batch_size)]
     rng.shuffle(batches)
     return batches
+
+
+def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on ``device`` when asked for, else nothing."""
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def _valid_subset(valid: Sequence[Sample], limit: int | None, seed: int) -> list[Sample]:
@@ -152,7 +199,8 @@ def train_llmrec(
         running = 0.0
         for i, idx in enumerate(bar, start=1):
             batch = collate(fmt, [encoded[j] for j in idx], [labels[j] for j in idx])
-            loss, _ = target_loss(model, batch.to(backbone.device))
+            with autocast(backbone.device, cfg.bf16):
+                loss, _ = target_loss(model, batch.to(backbone.device))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
             optimizer.step()

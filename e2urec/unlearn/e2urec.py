@@ -339,6 +339,7 @@ def e2urec_unlearn(
         stages["reference_check"] = time.perf_counter() - started
 
         mark = time.perf_counter()
+        report("augment", 0, 1, None)  # each stage announces its start (timing, dashboards)
         augmented = train_augmented(
             original,
             task,
@@ -374,6 +375,7 @@ def e2urec_unlearn(
         stages["teachers"] = time.perf_counter() - mark
         mark = time.perf_counter()
         checks_before = monitor.seconds
+        report("unlearn", 0, 1, None)
 
         student = _student(base, cfg, init_adapter)
         view = Backbone(student, tok, original.spec, {"adapter": "e2urec"})
