@@ -43,9 +43,9 @@ CONFIGS = {
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
-def prepare(data_dir: Path, users: int, items: int) -> None:
-    """A synthetic catalogue and an (untrained) tiny base model: speed does not depend on the
-    weights' values."""
+def prepare(data_dir: Path, users: int, items: int, backbone: str = "tiny") -> None:
+    """A synthetic catalogue and an untrained base (``tiny``) or the pretrained one as it comes:
+    speed does not depend on the weights' values."""
     from e2urec.backbones import load_backbone
     from e2urec.data import Catalog, SampleConfig, SyntheticConfig, generate_synthetic, make_splits
     from e2urec.model_store import save_model
@@ -62,7 +62,8 @@ def prepare(data_dir: Path, users: int, items: int) -> None:
     )
     catalog = Catalog.of(dataset)
     splits = make_splits(dataset, SampleConfig(max_samples=None, forget_fraction=0.0))
-    base = load_backbone("tiny", corpus=catalog.tokenizer_corpus(splits.train), device="cpu")
+    corpus = catalog.tokenizer_corpus(splits.train) if backbone in ("tiny", "tiny-t5") else None
+    base = load_backbone(backbone, corpus=corpus, device="cpu")
     save_model(base, data_dir / "models" / "base", {"kind": "bench-base"}, overwrite=True)
     migrate_database(url)
     with session_scope(url) as session:
@@ -92,7 +93,7 @@ async def drive(url: str, users: list[str], k: int, concurrency: int, seconds: f
                 errors += 1
 
     limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as c:
+    async with httpx.AsyncClient(base_url=url, timeout=900, limits=limits) as c:
         started = time.perf_counter()
         await asyncio.gather(*(client(c) for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
@@ -121,6 +122,8 @@ def start_server(
         E2UREC_API_KEYS=f"{KEY}:recommend",
         E2UREC_REDIS_URL="",
         E2UREC_CANDIDATE_POOL=str(pool),
+        # a 135M model scoring full prompts for 8 clients queues for minutes: measure, not 503
+        E2UREC_SCORE_TIMEOUT_SECONDS="900",
         **env_extra,
     )
     return start_api(port, env)
@@ -129,9 +132,11 @@ def start_server(
 @app.command()
 def main(
     out: Annotated[Path, typer.Option(help="results folder")],
-    work: Annotated[Path, typer.Option(help="scratch folder for the catalogue")] = Path(
-        "runs/bench-serving"
-    ),
+    work: Annotated[
+        Path | None, typer.Option(help="scratch folder (default runs/bench-serving-BACKBONE)")
+    ] = None,
+    backbone: Annotated[str, typer.Option(help="tiny, smollm2-135m, ...")] = "tiny",
+    users: Annotated[int, typer.Option(help="synthetic users (and 4/3 as many items)")] = 300,
     seconds: Annotated[float, typer.Option(help="measured seconds per configuration")] = 20.0,
     concurrency: Annotated[list[int] | None, typer.Option(help="concurrent clients")] = None,
     pool: Annotated[int, typer.Option(help="candidates the LLM scores per request")] = 50,
@@ -139,16 +144,17 @@ def main(
     port: int = 8765,
 ) -> None:
     levels = concurrency or [1, 8]
-    prepare(work, users=300, items=400)
-    users = [str(u) for u in range(1, 301)]
+    work = work or Path(f"runs/bench-serving-{backbone}")
+    prepare(work, users=users, items=users * 4 // 3, backbone=backbone)
+    user_ids = [str(u) for u in range(1, users + 1)]
     results: dict[str, list[dict]] = {}
     for name, env_extra in CONFIGS.items():
         proc = start_server(work, port, env_extra, pool)
         try:
-            asyncio.run(drive(f"http://127.0.0.1:{port}", users, k, 4, 3.0))  # warm-up
+            asyncio.run(drive(f"http://127.0.0.1:{port}", user_ids, k, 4, 3.0))  # warm-up
             results[name] = []
             for c in levels:
-                r = asyncio.run(drive(f"http://127.0.0.1:{port}", users, k, c, seconds))
+                r = asyncio.run(drive(f"http://127.0.0.1:{port}", user_ids, k, c, seconds))
                 r["candidates_per_s"] = r["rps"] * pool
                 results[name].append(r)
                 print(
@@ -161,10 +167,11 @@ def main(
     command = "python " + " ".join(sys.argv)
     out.mkdir(parents=True, exist_ok=True)
     (out / "serving.json").write_text(
-        json.dumps({"command": command, "results": results}, indent=2)
+        json.dumps({"command": command, "backbone": backbone, "results": results}, indent=2)
     )
     lines = [
-        f"`/recommend` through uvicorn on loopback: {pool} candidates scored by the LLM per "
+        f"`/recommend` through uvicorn on loopback, backbone `{backbone}`: {pool} candidates "
+        "scored by the LLM per "
         f"request, top {k} returned; {seconds:.0f} s per cell after a 3 s warm-up; the load "
         "generator shares the machine.",
         "",

@@ -1,0 +1,188 @@
+"""Does the LLM's P(like) rank a user's candidates better than the candidate stage already does?
+
+For every test-period user with at least one liked test item (not seen before), three top-10
+lists are compared on HR@10 and NDCG@10 of those liked items:
+  (a) popularity among everyone before the test period (what the user has seen removed);
+  (b) the candidate stage's own order (the service's co-occurrence index, ``service.candidates``,
+      built from every rating before the test period, as the service builds it from its
+      database), 50 candidates;
+  (c) the same 50 candidates reranked by each LLM's P(like) (prefix reuse, as served).
+Same users, same candidates, one run. Also reported: recall@50 of the candidates (the most any
+rerank can reach) and how far apart the LLM's scores for one user's candidates are (a model
+whose scores differ in the fifth decimal cannot order anything).
+
+    python bench/ranking.py --data /tmp/e2urec-backbones/data \
+        --model tiny=/tmp/e2urec-backbones/tiny \
+        --model smollm2-135m=/tmp/e2urec-backbones/smollm2-135m --out bench/results/ranking-cpu
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from scipy import sparse
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/ranking.py`
+from bench.common import machine  # noqa: E402
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+def hit_and_ndcg(ranked: list[int], relevant: set[int], k: int) -> tuple[float, float]:
+    top = ranked[:k]
+    hit = float(any(i in relevant for i in top))
+    dcg = sum(1 / math.log2(r + 2) for r, i in enumerate(top) if i in relevant)
+    ideal = sum(1 / math.log2(r + 2) for r in range(min(k, len(relevant))))
+    return hit, dcg / ideal if ideal else 0.0
+
+
+def candidate_index(interactions, before: int):
+    """The service's candidate index over every rating before ``before`` (no database)."""
+    from service.candidates import CandidateIndex
+
+    rows = [x for x in interactions if x.timestamp < before]
+    user_ids = np.array(sorted({x.user_id for x in rows}), dtype=np.int64)
+    item_ids = np.array(sorted({x.item_id for x in rows}), dtype=np.int64)
+    urow = {int(u): k for k, u in enumerate(user_ids)}
+    icol = {int(i): k for k, i in enumerate(item_ids)}
+    r = np.array([urow[x.user_id] for x in rows])
+    c = np.array([icol[x.item_id] for x in rows])
+    x = sparse.csr_matrix(
+        (np.ones(len(rows), dtype=np.float32), (r, c)), shape=(len(user_ids), len(item_ids))
+    )
+    x.data[:] = 1.0
+    seen: dict[int, set[int]] = {}
+    for row in rows:
+        seen.setdefault(row.user_id, set()).add(row.item_id)
+    return CandidateIndex(user_ids, item_ids, x, 0, []), seen
+
+
+def llm_scores(backbone, catalog, user: int, history, items: list[int]) -> np.ndarray:
+    from e2urec.encoding import encode_shared_prefix
+    from e2urec.scoring import predict_like, prefix_cached_like
+
+    prompts = [catalog.prompt_for(user, history, i) for i in items]
+    if backbone.is_seq2seq:
+        return np.asarray(predict_like(backbone, prompts, batch_size=64))
+    prefix, suffixes = encode_shared_prefix(
+        backbone.tokenizer, backbone.format, prompts[0].prefix, [p.suffix for p in prompts]
+    )
+    return prefix_cached_like(
+        backbone.model, backbone.format, [prefix], [suffixes], backbone.device
+    )[0].numpy()
+
+
+@app.command()
+def main(
+    data: Annotated[Path, typer.Option(help="prepared dataset the models were trained on")],
+    model: Annotated[list[str], typer.Option(help="NAME=PATH of a trained model (repeat)")],
+    out: Annotated[Path, typer.Option(help="folder for ranking.json and ranking.md")],
+    candidates: int = 50,
+    k: int = 10,
+    max_users: Annotated[int, typer.Option(help="at most this many test users (0 = all)")] = 0,
+) -> None:
+    from e2urec.data import load_dataset, load_prepared
+    from e2urec.model_store import load_model
+
+    prepared = load_prepared(data)
+    source = prepared.meta["source"]
+    dataset = load_dataset(
+        source["format"], Path(source["path"]), ratings_file=source["ratings_file"]
+    )
+    catalog, splits = prepared.catalog, prepared.splits
+    test_start = min(s.timestamp for s in splits.test)
+    index, seen = candidate_index(dataset.interactions, test_start)
+    first_test: dict[int, object] = {}
+    liked: dict[int, set[int]] = {}
+    for s in sorted(splits.test, key=lambda s: s.timestamp):
+        first_test.setdefault(s.user_id, s)
+        if s.label == 1:
+            liked.setdefault(s.user_id, set()).add(s.item_id)
+    users = []
+    for user, items in sorted(liked.items()):
+        relevant = items - seen.get(user, set())
+        history = first_test[user].history
+        if relevant and history and user in seen:
+            users.append((user, history, relevant))
+    if max_users:
+        users = users[:max_users]
+    lists: dict[str, dict[int, list[int]]] = {"popularity": {}, "candidate stage": {}}
+    pools: dict[int, list[int]] = {}
+    for user, history, _ in users:
+        lists["popularity"][user] = [c.item_id for c in index.for_user([], seen[user], k)]
+        recent = [i for i, _ in history]
+        pool = [c.item_id for c in index.for_user(recent, seen[user], candidates)]
+        pools[user] = pool
+        lists["candidate stage"][user] = pool
+    spreads: dict[str, float] = {}
+    seconds: dict[str, float] = {}
+    for spec in model:
+        name, _, path = spec.partition("=")
+        backbone, _ = load_model(path, device="cpu")
+        ranked, spread = {}, []
+        started = time.perf_counter()
+        for user, history, _ in tqdm(users, desc=f"reranking with {name}", leave=False):
+            scores = llm_scores(backbone, catalog, user, history, pools[user])
+            order = np.lexsort((np.arange(len(scores)), -scores))  # ties keep the stage's order
+            ranked[user] = [pools[user][j] for j in order]
+            spread.append(float(np.std(scores)))
+        seconds[name] = time.perf_counter() - started
+        lists[f"LLM rerank: {name}"] = ranked
+        spreads[name] = float(np.median(spread))
+    rows = {}
+    for method, by_user in lists.items():
+        hits, ndcgs = zip(*(hit_and_ndcg(by_user[u], rel, k) for u, _, rel in users), strict=True)
+        rows[method] = {"hr": float(np.mean(hits)), "ndcg": float(np.mean(ndcgs))}
+    recall = float(np.mean([len(set(pools[u]) & rel) / len(rel) for u, _, rel in users]))
+    result = {
+        "users": len(users),
+        "candidates": candidates,
+        "k": k,
+        "rows": rows,
+        "candidate_recall": recall,
+        "score_spread_median": spreads,
+        "rerank_seconds": seconds,
+        "data": str(data),
+        "command": "python " + shlex.join(sys.argv),
+        "machine": machine(),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ranking.json").write_text(json.dumps(result, indent=2))
+    (out / "ranking.md").write_text(render(result))
+    print(render(result))
+
+
+def render(r: dict) -> str:
+    k = r["k"]
+    lines = [
+        f"# Ranking: HR@{k} and NDCG@{k} of each test user's liked items",
+        "",
+        f"{r['users']} test-period users with at least one liked, not yet seen test item; "
+        f"{r['candidates']} candidates per user from the service's co-occurrence index built "
+        "on every rating before the test period. Recall of the liked items within the "
+        f"{r['candidates']} candidates (the ceiling of any rerank): "
+        f"{r['candidate_recall']:.3f}.",
+        "",
+        f"| ranking | HR@{k} | NDCG@{k} |",
+        "|---|---|---|",
+    ]
+    for method, row in r["rows"].items():
+        lines.append(f"| {method} | {row['hr']:.4f} | {row['ndcg']:.4f} |")
+    lines += ["", "Median standard deviation of one user's candidate scores, and rerank time:", ""]
+    for name, spread in r["score_spread_median"].items():
+        lines.append(f"- {name}: {spread:.2e} ({r['rerank_seconds'][name]:.0f} s in all)")
+    lines += ["", f"Command: `{r['command']}`", "", f"Machine: {r['machine']}", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    app()
