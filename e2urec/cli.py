@@ -251,6 +251,9 @@ def train(
         bool, typer.Option(help="train a LoRA on q/v and merge it (large models)")
     ] = False,
     lora_r: Annotated[int, typer.Option(help="LoRA rank (with --lora)")] = 16,
+    lora_targets: Annotated[
+        str, typer.Option(help="qv (attention q/v) or all-linear (with --lora)")
+    ] = "qv",
     bf16: Annotated[
         bool, typer.Option(help="bfloat16 autocast for training steps (1.6x on this CPU)")
     ] = False,
@@ -276,6 +279,7 @@ def train(
         lora=lora,
         lora_r=lora_r,
         lora_alpha=2 * lora_r,
+        lora_targets=lora_targets,
         bf16=bf16,
         max_valid_samples=valid_samples or None,
         seed=seed,

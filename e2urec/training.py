@@ -40,6 +40,9 @@ class TrainConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
+    # "qv": the attention query/value projections (the paper's student); "all-linear": every
+    # linear layer but the LM head (peft's shorthand), more capacity per step for a pretrained LLM
+    lora_targets: Literal["qv", "all-linear"] = "qv"
     # Autocast forward and backward to bfloat16 (weights and optimiser stay float32): 1.6x per
     # step on a CPU with bfloat16 matmuls (bench/results/llm-speed-cpu), more on a GPU. Scoring
     # for validation stays float32 so that early stopping compares like with like.
@@ -51,6 +54,10 @@ class TrainConfig:
             raise ValueError("epochs, batch_size and evals_per_epoch must be at least 1")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.lora_targets not in ("qv", "all-linear"):
+            raise ValueError(
+                f"lora_targets must be 'qv' or 'all-linear', got {self.lora_targets!r}"
+            )
         if self.early_stop_on not in ("auc", "loss"):
             raise ValueError(f"early_stop_on must be 'auc' or 'loss', got {self.early_stop_on!r}")
 
@@ -159,7 +166,11 @@ def train_llmrec(
                 r=cfg.lora_r,
                 lora_alpha=cfg.lora_alpha,
                 lora_dropout=cfg.lora_dropout,
-                target_modules=attention_qv_targets(backbone.model),
+                target_modules=(
+                    "all-linear"
+                    if cfg.lora_targets == "all-linear"
+                    else attention_qv_targets(backbone.model)
+                ),
                 task_type="SEQ_2_SEQ_LM" if backbone.is_seq2seq else "CAUSAL_LM",
             ),
         )
