@@ -49,7 +49,7 @@ def _loss(backbone: Backbone, catalog: Catalog, samples) -> float:
         return target_loss(backbone.model.eval(), batch)[0].item()
 
 
-def test_a_lora_step_on_the_real_llm_lowers_its_loss_and_merges(smollm2, world):
+def test_a_lora_step_on_the_real_llm_lowers_its_loss_merges_and_saves(smollm2, world, tmp_path):
     from e2urec.training import TrainConfig, train_llmrec
 
     catalog, splits = world
@@ -64,6 +64,13 @@ def test_a_lora_step_on_the_real_llm_lowers_its_loss_and_merges(smollm2, world):
     # merged: a plain Llama again, every weight frozen-able and nothing of peft left
     assert type(backbone.model).__name__ == "LlamaForCausalLM"
     assert not any("lora_" in name for name, _ in backbone.model.named_parameters())
+    # and it saves and loads as an ordinary model folder (a GGUF-loaded model refused to save)
+    backbone.save(tmp_path / "trained")
+    loaded = load_backbone(str(tmp_path / "trained"), device="cpu")
+    prompts = [catalog.prompt(s) for s in samples[:4]]
+    np.testing.assert_allclose(
+        predict_like(loaded, prompts), predict_like(backbone, prompts), atol=1e-5
+    )
 
 
 def test_e2urec_on_the_real_llm_writes_an_adapter_the_engine_serves(smollm2, world, tmp_path):

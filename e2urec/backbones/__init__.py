@@ -139,4 +139,10 @@ def _load_gguf(path: Path, spec: str, device: torch.device) -> Backbone:
     model = AutoModelForCausalLM.from_pretrained(
         path.parent, gguf_file=path.name, dtype=torch.float32
     )
+    # The weights are plain float32 now, but transformers keeps a GGUF "quantizer" on the model
+    # and refuses to save_pretrained it ("quantized with gguf and is not serializable"): a
+    # trained model or a service base could never be written. Nothing is quantized any more.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     return _finish(model, tokenizer, spec, device, {"source": "gguf", "path": str(path)})
