@@ -186,5 +186,6 @@ def test_pretrained_backbones_get_a_merged_lora_recipe_and_presets_all_weights()
     real = recipe_for("smollm2-135m")
     cfg = real.config(epochs=None, lr=5e-4)  # None keeps the recipe's value
     assert cfg.lora and cfg.bf16 and cfg.epochs == 2 and cfg.lr == 5e-4
+    assert cfg.lora_targets == "all-linear" and real.config().lr == 2e-3  # what the bench ran
     assert cfg.max_valid_samples == 200 and real.samples == 2000
     assert recipe_for("/models/my-llama").train == real.train  # any folder or GGUF: pretrained
