@@ -240,7 +240,7 @@ def swapper(
     meanwhile: fail closed)."""
     from service.db.models import AdapterVersion
     from service.db.session import session_scope
-    from service.model_sync import publish_model_change
+    from service.model_changes import publish_model_change
     from service.registry import activate_adapter
 
     k = 0

@@ -38,24 +38,6 @@ def process_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def publish_model_change(settings: Settings, version: str) -> bool:
-    """Tell every serving process to look at the registry now (best effort: they poll too)."""
-    if not settings.redis_url:
-        return False
-    import redis
-
-    try:
-        client = redis.Redis.from_url(
-            settings.redis_url, socket_timeout=2, socket_connect_timeout=2
-        )
-        client.publish(settings.model_channel, version)
-        client.close()
-        return True
-    except redis.RedisError as exc:
-        log.warning("could not publish the model change (serving will poll): %s", exc)
-        return False
-
-
 class ModelSync:
     def __init__(
         self,

@@ -18,7 +18,7 @@ from service.catalog import load_items, user_context
 from service.db.models import AdapterStatus, AdapterVersion, AuditEntry
 from service.db.session import session_scope
 from service.main import create_app
-from service.model_sync import publish_model_change
+from service.model_changes import publish_model_change
 from service.registry import activate_adapter
 from tests.service_support import (
     RECOMMEND_KEY,

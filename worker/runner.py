@@ -28,7 +28,7 @@ from service.jobs import (
     hold_lease,
     publish_and_complete,
 )
-from service.model_sync import publish_model_change
+from service.model_changes import publish_model_change
 from service.registry import active_adapter, active_base
 from service.settings import Settings
 from service.tasks_client import send_tick

@@ -1,0 +1,65 @@
+"""Imports flow one way: the worker uses the domain (settings, database, jobs, registry) and the
+ML library, never the HTTP layer or the serving engine; the library uses neither service nor
+worker. Checked in a fresh interpreter, so nothing another test imported can hide a violation."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+# Modules a worker must not load: the web stack, and the serving side of the service.
+FORBIDDEN_FOR_WORKER = (
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "service.main",
+    "service.routes",
+    "service.deps",
+    "service.engine",
+    "service.model_sync",
+    "service.serving",
+    "service.candidates",
+)
+
+
+def loaded_after_importing(package: str) -> list[str]:
+    code = f"""
+import importlib, json, pkgutil, sys
+import {package} as root
+for info in pkgutil.walk_packages(root.__path__, root.__name__ + "."):
+    importlib.import_module(info.name)
+print(json.dumps(sorted(sys.modules)))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def offending(modules: list[str], forbidden: tuple[str, ...]) -> list[str]:
+    return [m for m in modules if any(m == f or m.startswith(f + ".") for f in forbidden)]
+
+
+@pytest.mark.parametrize("package", ["worker"])
+def test_the_worker_never_imports_the_http_or_serving_layers(package: str):
+    modules = loaded_after_importing(package)
+    assert "worker.runner" in modules  # the walk did import the worker
+    assert offending(modules, FORBIDDEN_FOR_WORKER) == []
+
+
+def test_the_library_never_imports_the_service_or_the_worker():
+    modules = loaded_after_importing("e2urec")
+    assert "e2urec.unlearn.e2urec" in modules
+    assert offending(modules, ("service", "worker", "fastapi", "celery", "sqlalchemy")) == []
+
+
+def test_the_check_itself_catches_a_forbidden_import():
+    assert offending(
+        ["fastapi.routing", "service.engine", "service.jobs"], FORBIDDEN_FOR_WORKER
+    ) == [
+        "fastapi.routing",
+        "service.engine",
+    ]
