@@ -260,6 +260,13 @@ def train(
     valid_samples: Annotated[
         int, typer.Option(help="validation samples scored at each evaluation (0 = all)")
     ] = 4000,
+    objective: Annotated[
+        str,
+        typer.Option(
+            help="target (cross-entropy of 'Yes.'/'No.' + EOS, the paper's) or answer "
+            "(P(yes) vs P(no) at the answer position only)"
+        ),
+    ] = "target",
     seed: int = 0,
     device: Annotated[
         str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present)")
@@ -282,6 +289,7 @@ def train(
         lora_targets=lora_targets,
         bf16=bf16,
         max_valid_samples=valid_samples or None,
+        objective=objective,
         seed=seed,
     )
     _train(data, backbone, out, cfg, device, force)

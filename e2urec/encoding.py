@@ -206,6 +206,18 @@ def target_loss(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     return loss, logits[torch.arange(logits.size(0)), first]
 
 
+def answer_loss(
+    model, fmt: PromptFormat, batch: Batch, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of the label under P(yes) = softmax over the two answer tokens: exactly the
+    quantity scoring reads, and all a pretrained LLM has to learn (the full stop and EOS after
+    the answer are trivial, yet two thirds of :func:`target_loss`'s gradient on SmolLM2).
+    ``batch`` is collated without labels; returns the loss and the answer-position logits."""
+    logits = answer_logits(model, batch)
+    pair = logits[:, [fmt.no_token, fmt.yes_token]].float()  # class index = label
+    return torch.nn.functional.cross_entropy(pair, labels.long()), logits
+
+
 def encode_shared_prefix(
     tokenizer, fmt: PromptFormat, prefix: str, suffixes: Sequence[str]
 ) -> tuple[list[int], list[list[int]]]:

@@ -185,7 +185,59 @@ def test_pretrained_backbones_get_a_merged_lora_recipe_and_presets_all_weights()
     assert recipe_for("tiny").samples == 0  # all samples: the preset is cheap
     real = recipe_for("smollm2-135m")
     cfg = real.config(epochs=None, lr=5e-4)  # None keeps the recipe's value
-    assert cfg.lora and cfg.bf16 and cfg.epochs == 2 and cfg.lr == 5e-4
-    assert cfg.lora_targets == "all-linear" and real.config().lr == 2e-3  # what the bench ran
+    assert cfg.lora and cfg.bf16 and cfg.epochs == 1 and cfg.lr == 5e-4
+    assert cfg.objective == "answer" and tiny.objective == "target"
+    assert cfg.lora_targets == "all-linear" and real.config().lr == 1e-3  # what the bench ran
     assert cfg.max_valid_samples == 200 and real.samples == 2000
     assert recipe_for("/models/my-llama").train == real.train  # any folder or GGUF: pretrained
+
+
+def test_the_answer_objective_trains_p_yes_and_nothing_else(small):
+    """`objective="answer"` is the cross-entropy of P(yes) = softmax(yes, no): it equals the
+    scored LogLoss before training, and training on it lowers that LogLoss."""
+    from e2urec.encoding import answer_loss, collate, encode_prompts
+    from e2urec.metrics import utility
+
+    catalog, splits, corpus = small
+    backbone = load_backbone("tiny", corpus=corpus, device="cpu", seed=1)
+    part = splits.train[:64]
+    prompts = [catalog.prompt(s) for s in part]
+    labels = [s.label for s in part]
+    batch = collate(backbone.format, encode_prompts(backbone.tokenizer, backbone.format, prompts))
+    with torch.no_grad():
+        loss, logits = answer_loss(
+            backbone.model.eval(), backbone.format, batch, torch.tensor(labels)
+        )
+    scored = utility(labels, predict_like(backbone, prompts))
+    assert loss.item() == pytest.approx(scored["logloss"], abs=1e-4)
+    assert logits.shape == (64, backbone.model.config.vocab_size)
+
+    before = utility(
+        [s.label for s in splits.train],
+        predict_like(backbone, [catalog.prompt(s) for s in splits.train]),
+    )["logloss"]
+    cfg = TrainConfig(epochs=2, lr=3e-3, objective="answer", patience=4)
+    train_llmrec(backbone, catalog, splits.train, splits.valid, cfg, progress=False)
+    after = utility(
+        [s.label for s in splits.train],
+        predict_like(backbone, [catalog.prompt(s) for s in splits.train]),
+    )["logloss"]
+    assert after < before - 0.02, (before, after)
+    with pytest.raises(ValueError, match="objective must be 'target' or 'answer'"):
+        TrainConfig(objective="answers")
+
+
+def test_bf16_is_only_used_where_the_hardware_has_it(monkeypatch):
+    """An AVX2-only CPU emulates bfloat16 matmuls (a SmolLM2 step went from 5 s to 330 s), so a
+    recipe's bf16 must fall back to float32 there instead of making training 60x slower."""
+    from e2urec import training
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(training, "fast_bf16", lambda device: False)
+    with training.autocast(cpu, True):
+        assert not torch.is_autocast_enabled("cpu")
+    monkeypatch.setattr(training, "fast_bf16", lambda device: True)
+    with training.autocast(cpu, True):
+        assert torch.is_autocast_enabled("cpu")
+    with training.autocast(cpu, False):
+        assert not torch.is_autocast_enabled("cpu")
