@@ -127,7 +127,7 @@ def prefix_cached_like(
         use_cache=True,
         logits_to_keep=1,
     )
-    cache = out.past_key_values
+    cache = out.cache  # was `past_key_values`, deprecated and removed in transformers 5.40
     rows = torch.tensor([b for b, n in enumerate(counts) for _ in range(n)], device=device)
     cache.batch_select_indices(rows)  # one copy of each user's prefix per candidate
     flat = [s for group in suffixes for s in group]
@@ -143,7 +143,7 @@ def prefix_cached_like(
         input_ids=ids,
         attention_mask=torch.cat([p_batch.attention_mask[rows], mask], dim=1),
         position_ids=prefix_len[:, None] + torch.arange(width, device=device),
-        past_key_values=cache,
+        cache=cache,
         use_cache=True,
         logits_to_keep=width,
     )
