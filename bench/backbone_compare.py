@@ -74,8 +74,8 @@ def main(
     reuse: Annotated[
         bool,
         typer.Option(
-            help="tabulate a model already in WORK/NAME that was trained by this recipe on this "
-            "data instead of training it again (the data is then not prepared again either)"
+            help="tabulate the model already in WORK/NAME (its manifest's metrics) instead of "
+            "training it again, and keep WORK/data if it exists; not checked against the recipe"
         ),
     ] = False,
 ) -> None:

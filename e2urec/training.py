@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import random
 import time
@@ -135,9 +136,11 @@ def bucketed_batches(
     return batches
 
 
+@functools.cache  # asked at every training step; the hardware does not change
 def fast_bf16(device: torch.device) -> bool:
     """Whether ``device`` multiplies bfloat16 matrices in hardware. A CPU without AVX512-BF16 or
-    AMX emulates them: on an AVX2-only host a bf16 step took 330 s against 5 s in float32."""
+    AMX emulates them: on an AVX2-only host a SmolLM2 bf16 step took 330 s against 14 s in
+    float32."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":

@@ -228,7 +228,7 @@ def test_the_answer_objective_trains_p_yes_and_nothing_else(small):
 
 
 def test_bf16_is_only_used_where_the_hardware_has_it(monkeypatch):
-    """An AVX2-only CPU emulates bfloat16 matmuls (a SmolLM2 step went from 5 s to 330 s), so a
+    """An AVX2-only CPU emulates bfloat16 matmuls (a SmolLM2 step went from 14 s to 330 s), so a
     recipe's bf16 must fall back to float32 there instead of making training 60x slower."""
     from e2urec import training
 
