@@ -39,25 +39,10 @@ from e2urec.data import Catalog, Sample, SampleConfig, Splits, load_dataset, mak
 from e2urec.evaluate import evaluate
 from e2urec.metrics import distribution_distance
 from e2urec.training import TrainConfig, train_llmrec
-from e2urec.unlearn import E2URecConfig, StopRule, UnlearnTask, e2urec_unlearn
-from e2urec.unlearn.baselines import FinetuneConfig, bad_teacher, neggrad, negkl, retrain
-from e2urec.unlearn.shards import sharded_unlearn
+from e2urec.unlearn import METHODS, RunOptions, StopRule, UnlearnTask
 
-# The paper's row order; methods not run in a given benchmark are left out of its table.
-ORDER = [
-    "original",
-    "retrain",
-    "sisa",
-    "receraser",
-    "negkl",
-    "neggrad",
-    "bad-t",
-    "e2urec",
-    "e2urec (paper)",
-    "e2urec (lora aug)",
-    "e2urec (w 0.3)",
-    "e2urec (uncached)",
-]
+# The paper's row order: the Original ("do nothing"), then the registry's methods.
+ORDER = ["original", *METHODS]
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -150,8 +135,16 @@ def run_seed(args: dict, seed: int, progress: bool) -> dict[str, dict]:
 
     n = original.parameter_count()
     base = record("original", original, original_seconds, n, n, "trained")
-    gold = retrain(
-        original, task, train_cfg, args["backbone"], progress=progress, valid=world.valid
+    gold = METHODS["retrain"](
+        original,
+        task,
+        RunOptions(
+            seed=seed,
+            progress=progress,
+            base_spec=args["backbone"],
+            train_config=train_cfg,
+            valid=world.valid,
+        ),
     )
     reference = record(
         "retrain",
@@ -172,55 +165,17 @@ def run_seed(args: dict, seed: int, progress: bool) -> dict[str, dict]:
         max_valid_auc_drop=args["max_auc_drop"],
     )
 
-    def sharded(by: str):
-        return sharded_unlearn(
-            original,
-            task,
-            world.original_train,
-            train_cfg,
-            args["backbone"],
-            by=by,
-            progress=progress,
-            valid=world.valid,
-        )
-
-    methods = {
-        "sisa": lambda: sharded("sample"),
-        "receraser": lambda: sharded("user"),
-        "negkl": lambda: negkl(
-            original, task, FinetuneConfig(stop=stop, seed=seed), progress=progress
-        ),
-        "neggrad": lambda: neggrad(
-            original, task, FinetuneConfig(stop=stop, seed=seed), progress=progress
-        ),
-        "bad-t": lambda: bad_teacher(
-            original, task, FinetuneConfig(stop=stop, seed=seed), progress=progress
-        ),
-        "e2urec": lambda: e2urec_unlearn(
-            original, task, E2URecConfig(stop=stop, seed=seed), progress=progress
-        ),
-        # The paper's exact setting: fixed alpha = 2, one forget-only epoch, mixed epochs after.
-        "e2urec (paper)": lambda: e2urec_unlearn(
-            original, task, E2URecConfig.paper(stop=stop, seed=seed), progress=progress
-        ),
-        # An ablation: the augmented model as a merged LoRA instead of all weights.
-        "e2urec (lora aug)": lambda: e2urec_unlearn(
-            original, task, E2URecConfig(stop=stop, seed=seed, aug_mode="lora"), progress=progress
-        ),
-        # An ablation, not the paper's setting: more weight on forgetting (w is the weight of
-        # the remembering terms), for when the paper's w leaves the forget set remembered.
-        "e2urec (w 0.3)": lambda: e2urec_unlearn(
-            original, task, E2URecConfig(stop=stop, seed=seed, w=0.3), progress=progress
-        ),
-        "e2urec (uncached)": lambda: e2urec_unlearn(
-            original,
-            task,
-            E2URecConfig(stop=stop, seed=seed, cache_teachers=False),
-            progress=progress,
-        ),
-    }
+    options = RunOptions(
+        stop=stop,
+        seed=seed,
+        progress=progress,
+        base_spec=args["backbone"],
+        train_config=train_cfg,
+        train=world.original_train,
+        valid=world.valid,
+    )
     for name in args["methods"]:
-        result = methods[name]()
+        result = METHODS[name](original, task, options)
         record(
             name,
             result.backbone,

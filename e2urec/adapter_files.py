@@ -31,10 +31,10 @@ class AdapterFiles:
     metadata: dict = field(default_factory=dict)
 
 
-def write_adapter(model: PeftModel, out: Path, metadata: dict) -> str:
+def write_adapter(model: PeftModel, out: Path, metadata: dict, *, overwrite: bool = False) -> str:
     """Save ``model``'s adapter (peft ``save_pretrained``, safetensors) plus ``metadata`` into
     ``out`` all at once (temporary folder, fsync, rename); returns the folder's checksum."""
-    with atomic_folder(Path(out)) as tmp:
+    with atomic_folder(Path(out), overwrite=overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         (tmp / METADATA).write_text(json.dumps(metadata, indent=2, default=str))
         checksum = folder_sha256(tmp)

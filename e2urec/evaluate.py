@@ -15,7 +15,7 @@ from e2urec.metrics import distribution_distance, mia_auc, sample_log_loss, util
 from e2urec.scoring import answer_distributions, yes_probability
 
 if TYPE_CHECKING:
-    from e2urec.unlearn.shards import Ensemble
+    from e2urec.unlearn.ensemble import Ensemble
 
 
 def evaluate(

@@ -8,7 +8,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -19,7 +19,7 @@ from e2urec.backbones import Backbone
 from e2urec.data.prepared import Catalog
 from e2urec.data.samples import Sample
 from e2urec.encoding import answer_loss, collate, encode_prompts, target_loss
-from e2urec.lora import attention_qv_targets
+from e2urec.lora import lora_config
 from e2urec.metrics import utility
 from e2urec.scoring import predict_like
 
@@ -184,20 +184,16 @@ def train_llmrec(
     rng = random.Random(cfg.seed)
     fmt = backbone.format
     if cfg.lora:
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
         backbone.model = get_peft_model(
             backbone.model,
-            LoraConfig(
+            lora_config(
+                backbone.model,
                 r=cfg.lora_r,
-                lora_alpha=cfg.lora_alpha,
-                lora_dropout=cfg.lora_dropout,
-                target_modules=(
-                    "all-linear"
-                    if cfg.lora_targets == "all-linear"
-                    else attention_qv_targets(backbone.model)
-                ),
-                task_type="SEQ_2_SEQ_LM" if backbone.is_seq2seq else "CAUSAL_LM",
+                alpha=cfg.lora_alpha,
+                dropout=cfg.lora_dropout,
+                targets=cfg.lora_targets,
             ),
         )
     model = backbone.model
@@ -304,7 +300,3 @@ def train_llmrec(
     result.steps = step
     backbone.model.eval()
     return result
-
-
-def config_dict(cfg: TrainConfig) -> dict:
-    return asdict(cfg)

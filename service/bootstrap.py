@@ -13,12 +13,9 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from e2urec.backbones import load_backbone
 from e2urec.data import Catalog, SampleConfig, make_splits
-from e2urec.metrics import utility
-from e2urec.model_store import save_model
-from e2urec.scoring import predict_like
-from e2urec.training import config_dict, recipe_for, train_llmrec
+from e2urec.pipeline import Trained, train_and_save
+from e2urec.training import recipe_for
 from service.catalog import dataset_from_db
 from service.db.models import BaseModel, Interaction, User
 from service.db.session import session_scope
@@ -115,33 +112,22 @@ def train_base(
     audit = {u for u in dataset.users if is_audit_user(salt, u, settings.audit_fraction)}
     splits.train = [s for s in splits.train if s.user_id not in audit]
     catalog = Catalog.of(dataset)
-    corpus = catalog.tokenizer_corpus(splits.train) if backbone in ("tiny", "tiny-t5") else None
-    model = load_backbone(backbone, corpus=corpus, device=settings.device, seed=seed)
-    log(
-        f"training the base ({backbone}, {model.parameter_count():,} parameters on "
-        f"{model.device}) on {len(splits.train):,} samples"
-    )
     train_cfg = recipe_default.config(epochs=epochs, lr=lr, seed=seed)
     canaries = [s for s in splits.train if s.user_id in (memorise_users or set())]
     started = time.perf_counter()
-    result = train_llmrec(
-        model,
-        catalog,
-        splits.train + canaries * (repeat - 1),
-        splits.valid if early_stop else [],
-        train_cfg,
-        progress=progress,
-        on_step=on_step,
-    )
-    metrics = {}
-    for name in ("valid", "test"):
-        part = splits.named(name)
-        scores = predict_like(model, [catalog.prompt(s) for s in part])
-        metrics[name] = utility([s.label for s in part], scores, [s.user_id for s in part])
+
+    def manifest(trained: Trained) -> dict:
+        recipe.update(
+            seconds=time.perf_counter() - started,
+            stopped=trained.result.stopped,
+            metrics=trained.metrics,
+        )
+        return {"kind": "e2urec-service-base", **recipe}
+
     recipe = {
         "backbone": backbone,
         "sample_config": asdict(config),
-        "train_config": config_dict(train_cfg),
+        "train_config": asdict(train_cfg),
         "train_samples": len(splits.train),
         "memorised_users": len({s.user_id for s in canaries}),
         "repeat": repeat,
@@ -151,11 +137,22 @@ def train_base(
         # Samples after this time were never trained on: unlearning's held-out data.
         "train_until": max(s.timestamp for s in splits.train),
         "users": len(dataset.users),
-        "seconds": time.perf_counter() - started,
-        "stopped": result.stopped,
-        "metrics": metrics,
     }
-    save_model(model, out, {"kind": "e2urec-service-base", **recipe})
+    train_and_save(
+        backbone,
+        catalog,
+        splits.train + canaries * (repeat - 1),
+        splits.valid if early_stop else [],
+        {"valid": splits.valid, "test": splits.test},
+        train_cfg,
+        out,
+        manifest,
+        device=settings.device,
+        progress=progress,
+        on_step=on_step,
+        log=log,
+    )
+    metrics = recipe["metrics"]
     log(
         f"trained in {recipe['seconds']:.0f}s: valid AUC {metrics['valid']['auc']:.4f}, "
         f"test AUC {metrics['test']['auc']:.4f}"

@@ -1,4 +1,5 @@
-"""The inference engine: one thread owns the model, batches requests, and swaps adapters.
+"""The inference engine's batcher: one thread owns the model, batches requests, and applies
+model changes (through the adapter slot, ``adapter_slot.py``) between two batches.
 
 Requests (a user's prompt prefix and the candidates' suffixes) go through a queue. The loop takes
 the first, waits up to ``max_wait_ms`` for more until ``max_batch_rows`` candidate rows are
@@ -11,9 +12,7 @@ every response, is scored by exactly one version.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
-import math
 import queue
 import threading
 import time
@@ -24,28 +23,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from peft import PeftModel, get_peft_model, set_peft_model_state_dict
 
 from e2urec.adapter_files import AdapterFiles
 from e2urec.backbones import Backbone
 from e2urec.data.prompts import Prompt
 from e2urec.encoding import encode_shared_prefix
 from e2urec.scoring import predict_like, prefix_cached_like
+from service.adapter_slot import AdapterSlot, ModelVersion
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ModelVersion:
-    """What scored a response: a base model and, on top of it, an adapter (or none)."""
-
-    base: int | None
-    adapter: int | None = None
-
-    @property
-    def label(self) -> str:
-        base = f"base-{self.base}" if self.base is not None else "base"
-        return base if self.adapter is None else f"{base}/adapter-{self.adapter}"
 
 
 @dataclass
@@ -54,18 +40,6 @@ class Scored:
     version: ModelVersion
     batch_rows: int  # rows in the model batch this request shared
     wait_ms: float  # time from submit to the start of its batch
-
-
-@dataclass
-class SwapReport:
-    version: ModelVersion
-    seconds: float  # how long serving paused between the two batches
-    probes: int
-    max_probe_error: float
-
-
-class SwapError(RuntimeError):
-    """A new adapter failed its smoke test or could not be applied; the old one still serves."""
 
 
 @dataclass
@@ -116,13 +90,13 @@ class InferenceEngine:
     ):
         if max_batch_rows < 1:
             raise ValueError("max_batch_rows must be at least 1")
-        self.backbone = backbone
-        self.version = version
+        self.slot = AdapterSlot(
+            backbone, version, probe_tolerance=probe_tolerance, probe_batch_rows=max_batch_rows
+        )
         self.max_batch_rows = max_batch_rows
         self.max_wait = max_wait_ms / 1000
         self.want_prefix_reuse = prefix_reuse
         self.batching = batching
-        self.probe_tolerance = probe_tolerance
         self.on_batch = on_batch  # (requests, rows) after each batch, for metrics
         self.on_dropped = on_dropped  # requests skipped because their client gave up
         self._queue: queue.Queue = queue.Queue()
@@ -136,10 +110,14 @@ class InferenceEngine:
         self._stopped = False  # stop() was asked for: a dead loop is then not restarted
         self.deaths = 0  # loops that ended without being asked to (see ensure_running)
         self.errors = 0  # exceptions the loop caught and survived
-        self._adapter_name: str | None = None
-        for p in backbone.model.parameters():
-            p.requires_grad_(False)
-        backbone.model.eval()
+
+    @property
+    def backbone(self) -> Backbone:
+        return self.slot.backbone
+
+    @property
+    def version(self) -> ModelVersion:
+        return self.slot.version
 
     @property
     def prefix_reuse(self) -> bool:
@@ -200,11 +178,11 @@ class InferenceEngine:
         """Make ``adapter`` (``None``: the bare base) the serving model after a smoke test on its
         probe prompts. The future gives a :class:`SwapReport` or raises :class:`SwapError`, in
         which case the previous version keeps serving."""
-        return self._control(lambda: self._apply_adapter(adapter, version))
+        return self._control(lambda: self.slot.apply_adapter(adapter, version))
 
     def swap_base(self, backbone: Backbone, version: ModelVersion) -> Future:
         """Replace the whole model (after a consolidation); the old one is freed."""
-        return self._control(lambda: self._apply_base(backbone, version))
+        return self._control(lambda: self.slot.apply_base(backbone, version))
 
     def _control(self, action: Callable[[], Any]) -> Future:
         future: Future = Future()
@@ -366,107 +344,6 @@ class InferenceEngine:
         )
         return [p.tolist() for p in parts]
 
-    # -- applying changes -------------------------------------------------------------------
-    def _apply_adapter(self, adapter: AdapterFiles | None, version: ModelVersion) -> SwapReport:
-        started = time.perf_counter()
-        model = self.backbone.model
-        old_name = self._adapter_name
-        if adapter is None:
-            if isinstance(model, PeftModel):
-                self.backbone.model = model.unload()  # the base's own modules, LoRA removed
-            self._adapter_name = None
-            self.version = version
-            self._release()
-            return SwapReport(version, time.perf_counter() - started, 0, 0.0)
-
-        name = f"v{version.adapter}"
-        fresh_wrap = not isinstance(model, PeftModel)
-        try:
-            if fresh_wrap:
-                model = get_peft_model(model, adapter.config, adapter_name=name)
-            else:
-                if name in model.peft_config:  # same version again: nothing to do
-                    self.version = version
-                    return SwapReport(version, time.perf_counter() - started, 0, 0.0)
-                model.add_adapter(name, adapter.config)
-            result = set_peft_model_state_dict(model, adapter.state_dict, adapter_name=name)
-            missing = [k for k in result.missing_keys if "lora_" in k and f".{name}." in k]
-            if result.unexpected_keys or missing:
-                raise SwapError(
-                    f"adapter {version.label} does not fit this base model: "
-                    f"{len(missing)} missing and {len(result.unexpected_keys)} unexpected tensors"
-                )
-            model.set_adapter(name)
-            for p in model.parameters():
-                p.requires_grad_(False)
-            model.eval()
-            self.backbone.model = model
-            error = self._smoke_test(adapter.metadata.get("probes", []), version)
-        except Exception as exc:
-            self._undo_adapter(model, name, old_name, fresh_wrap)
-            if isinstance(exc, SwapError):
-                raise
-            raise SwapError(f"loading adapter {version.label} failed: {exc}") from exc
-        if old_name is not None and old_name != name:
-            model.delete_adapter(old_name)
-        self._adapter_name = name
-        self.version = version
-        self._release()
-        return SwapReport(
-            version, time.perf_counter() - started, len(adapter.metadata.get("probes", [])), error
-        )
-
-    def _undo_adapter(self, model, name: str, old_name: str | None, fresh_wrap: bool) -> None:
-        if not isinstance(model, PeftModel) or name not in model.peft_config:
-            return
-        if fresh_wrap:
-            self.backbone.model = model.unload()
-        else:
-            if old_name is not None:
-                model.set_adapter(old_name)
-            model.delete_adapter(name)
-            for p in model.parameters():
-                p.requires_grad_(False)
-            self.backbone.model = model
-        self._release()
-
-    def _smoke_test(self, probes: list[dict], version: ModelVersion) -> float:
-        """Score the probe prompts the worker recorded with this adapter; the scores must match
-        (same adapter on the same base) and be finite probabilities."""
-        if not probes:
-            return 0.0
-        prompts = [Prompt(p["prefix"], p["suffix"]) for p in probes]
-        got = predict_like(self.backbone, prompts, batch_size=self.max_batch_rows).tolist()
-        worst = 0.0
-        for probe, value in zip(probes, got, strict=True):
-            if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-                raise SwapError(f"adapter {version.label} gives P(like)={value} on a probe")
-            if "p_like" in probe:
-                worst = max(worst, abs(value - probe["p_like"]))
-        if worst > self.probe_tolerance:
-            raise SwapError(
-                f"adapter {version.label} failed its smoke test: probe scores differ from the "
-                f"worker's by up to {worst:.2e} (tolerance {self.probe_tolerance:.0e}); is it "
-                "trained on another base model?"
-            )
-        return worst
-
-    def _apply_base(self, backbone: Backbone, version: ModelVersion) -> SwapReport:
-        started = time.perf_counter()
-        for p in backbone.model.parameters():
-            p.requires_grad_(False)
-        backbone.model.eval()
-        self.backbone = backbone
-        self._adapter_name = None
-        self.version = version
-        self._release()
-        return SwapReport(version, time.perf_counter() - started, 0, 0.0)
-
-    def _release(self) -> None:
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
     def adapter_parameters(self) -> int:
         """LoRA tensors' elements currently held (flat across swaps means nothing leaks)."""
-        return sum(p.numel() for n, p in self.backbone.model.named_parameters() if "lora_" in n)
+        return self.slot.adapter_parameters()

@@ -24,9 +24,10 @@ from e2urec.adapter_files import AdapterFileError, read_adapter
 from e2urec.atomic import folder_sha256
 from e2urec.model_store import load_model
 from service import audit
+from service.adapter_slot import ModelVersion, SwapError
 from service.db.models import AdapterVersion, BaseModel
 from service.db.session import session_scope
-from service.engine import InferenceEngine, ModelVersion, SwapError
+from service.engine import InferenceEngine
 from service.metrics import Metrics
 from service.registry import active_adapter, active_base
 from service.settings import Settings

@@ -85,3 +85,34 @@ def test_train_and_score_explain_bad_inputs(tmp_path: Path):
     assert result.exit_code == 2 and "unknown split" in result.output
     result = run("score", "--model", str(tmp_path), "--data", str(prep))
     assert result.exit_code == 2 and "was not written by `e2urec train`" in result.output
+
+
+def test_unlearn_lists_the_registry_and_refuses_an_unknown_method_before_loading(tmp_path: Path):
+    from e2urec.unlearn import METHODS
+
+    assert run("unlearn", "--help").exit_code == 0
+    listed = run("unlearn", "--model", "x", "--data", "x", "--out", "x", "--list-methods")
+    assert listed.exit_code == 0
+    for name in METHODS:
+        assert name in listed.output
+    # the model and data paths do not exist: the method name is checked first
+    missing = str(tmp_path / "nope")
+    bad = run(
+        "unlearn", "--model", missing, "--data", missing, "--out", missing, "--method", "original"
+    )
+    assert bad.exit_code == 2
+    assert "unknown unlearning method 'original'" in bad.output and "neggrad" in bad.output
+    users = run(
+        "unlearn", "--model", missing, "--data", missing, "--out", missing, "--users", "1,a"
+    )
+    assert users.exit_code == 2 and "comma-separated user ids" in users.output
+
+
+def test_the_benchmark_takes_its_methods_from_the_same_registry():
+    from bench.paper_table import ORDER
+    from bench.paper_table import app as table
+    from e2urec.unlearn import METHODS
+
+    assert ["original", *METHODS] == ORDER
+    result = CliRunner().invoke(table, ["--out", "/nonexistent/x", "--methods", "original"])
+    assert result.exit_code == 2 and "e2urec" in result.output

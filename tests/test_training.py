@@ -89,6 +89,24 @@ def test_cli_train_then_score_round_trip(tmp_path: Path):
     assert (
         done.returncode == 2 and "already exists" in done.stderr and "Traceback" not in done.stderr
     )
+    # Unlearning the data's forget users from the command line: E2URec writes an adapter for
+    # the saved model, an all-weight method a model folder; both report before and after.
+    quick = ["--max-epochs", "2", "--check-samples", "200", "--eval-samples", "300"]
+    for method, produced in (("e2urec", "unlearn.json"), ("neggrad", "e2urec.json")):
+        forgot = tmp_path / f"forgot-{method}"
+        args = ["--model", str(model), "--data", str(data), "--out", str(forgot), *quick]
+        done = e2urec("unlearn", *args, "--method", method, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert "forget LogLoss" in done.stdout and "MIA AUC" in done.stdout
+        record = json.loads((forgot / produced).read_text())
+        assert record["method"] == method and record["forget_samples"] == meta["counts"]["forget"]
+        assert record["metrics"]["original"]["forget_logloss"] > 0
+    from e2urec.adapter_files import read_adapter
+    from e2urec.lora import with_adapter
+
+    original, _ = load_model(model)
+    served = with_adapter(original, read_adapter(tmp_path / "forgot-e2urec"))
+    assert served.model is not original.model
 
 
 @pytest.mark.slow

@@ -224,8 +224,8 @@ def test_a_warm_started_student_begins_as_the_serving_model(trained, tmp_path):
     from peft import LoraConfig, get_peft_model
 
     from e2urec.adapter_files import read_adapter, write_adapter
-    from e2urec.lora import attention_qv_targets
-    from e2urec.unlearn.e2urec import _student, with_adapter
+    from e2urec.lora import attention_qv_targets, with_adapter
+    from e2urec.unlearn.e2urec import student_model
 
     original, task = trained
     torch.manual_seed(3)
@@ -241,7 +241,7 @@ def test_a_warm_started_student_begins_as_the_serving_model(trained, tmp_path):
     adapter = read_adapter(tmp_path / "a")
     prompts = [task.catalog.prompt(s) for s in task.forget[:40]]
     serving = predict_like(with_adapter(original, adapter), prompts)
-    student = _student(original, E2URecConfig(lora_dropout=0.0), adapter).eval()
+    student = student_model(original, E2URecConfig(lora_dropout=0.0), adapter).eval()
     start = predict_like(original, prompts, model=student)
     np.testing.assert_allclose(start, serving, atol=1e-5)
     assert not np.allclose(serving, predict_like(original, prompts), atol=1e-3)
@@ -286,16 +286,16 @@ def _loop(checks, **config):
     cfg = LoopConfig(lr=0.1, batch_size=4, stop=monitor.rule, **config)
     history: list[dict] = []
     stopped = unlearning_loop(
-        view,
-        list(model.parameters()),
-        lambda k: True,
-        [5] * 8,
-        8,
-        step,
-        monitor,
-        0.7,
-        cfg,
-        history,
+        view=view,
+        trainable=list(model.parameters()),
+        keep=lambda k: True,
+        forget_lengths=[5] * 8,
+        n_retain=8,
+        step=step,
+        monitor=monitor,
+        reference_auc=0.7,
+        cfg=cfg,
+        history=history,
         name="test",
         progress=False,
     )
@@ -334,7 +334,7 @@ def test_loop_settings_that_would_silently_disable_the_stop_rule_are_refused():
 def test_alpha_is_raised_until_the_forgetting_teacher_asks_for_the_held_out_level():
     from types import SimpleNamespace
 
-    from e2urec.unlearn.e2urec import _answer_log_loss, calibrated_alpha
+    from e2urec.unlearn.augmented import answer_log_loss, calibrated_alpha
     from e2urec.unlearn.teachers import forced_logits
 
     fmt = SimpleNamespace(yes_token=0, no_token=1)  # a two-token vocabulary is enough here
@@ -343,7 +343,7 @@ def test_alpha_is_raised_until_the_forgetting_teacher_asks_for_the_held_out_leve
     aug = torch.tensor([[1.5, 0.0]] * 4)  # the augmented model learned them a little more
     alpha = calibrated_alpha(orig, aug, samples, fmt, level=0.69, least=2.0, most=32.0)
     assert alpha > 2.0
-    assert _answer_log_loss(forced_logits(orig, aug, alpha), samples, fmt) == pytest.approx(
+    assert answer_log_loss(forced_logits(orig, aug, alpha), samples, fmt) == pytest.approx(
         0.69, abs=1e-3
     )
     assert calibrated_alpha(orig, aug, samples, fmt, level=0.2, least=2.0, most=32.0) == 2.0

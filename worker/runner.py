@@ -13,9 +13,9 @@ from sqlalchemy import select
 
 from e2urec.adapter_files import read_adapter
 from e2urec.atomic import folder_sha256
+from e2urec.lora import with_adapter
 from e2urec.model_store import load_model
 from e2urec.unlearn import E2URecConfig, StopRule, e2urec_unlearn
-from e2urec.unlearn.e2urec import with_adapter
 from service.db.models import AdapterVersion, JobKind, RequestStatus, UnlearningJob, User
 from service.db.session import session_scope
 from service.jobs import (

@@ -14,7 +14,7 @@ from e2urec.data.prepared import Catalog
 from e2urec.data.samples import Sample
 
 if TYPE_CHECKING:
-    from e2urec.unlearn.shards import Ensemble
+    from e2urec.unlearn.ensemble import Ensemble
 
 
 @dataclass

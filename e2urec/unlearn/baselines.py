@@ -9,13 +9,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-from e2urec.backbones import Backbone, load_backbone
+from e2urec.backbones import Backbone
 from e2urec.data.samples import Sample
 from e2urec.encoding import answer_logits, collate, encode_prompts, target_loss
 from e2urec.training import TrainConfig, train_llmrec
 from e2urec.unlearn.base import PeakMemory, UnlearnResult, UnlearnTask
+from e2urec.unlearn.fresh import fresh_base, fresh_model
 from e2urec.unlearn.loop import LoopConfig, unlearning_loop
 from e2urec.unlearn.stopping import Monitor, StopRule
 from e2urec.unlearn.teachers import (
@@ -35,6 +35,18 @@ class FinetuneConfig:
     stop: StopRule = field(default_factory=lambda: StopRule(max_epochs=3))
     seed: int = 0
     eval_batch_size: int = 128
+
+    def __post_init__(self) -> None:
+        self.loop()  # the loop's own checks, before any training starts
+
+    def loop(self) -> LoopConfig:
+        return LoopConfig(
+            lr=self.lr,
+            batch_size=self.batch_size,
+            checks_per_epoch=self.checks_per_epoch,
+            stop=self.stop,
+            seed=self.seed,
+        )
 
 
 @dataclass
@@ -75,9 +87,7 @@ def _finetune(
         monitor = Monitor.for_task(task, cfg.stop, cfg.seed, cfg.eval_batch_size)
         reference = monitor.check(original)
         history.append({"epoch": 0, **reference.as_dict()})
-        student = copy.deepcopy(original.model)
-        for p in student.parameters():
-            p.requires_grad_(True)
+        student = copy.deepcopy(original.model).requires_grad_(True)
         view = Backbone(student, tok, original.spec, {"method": name})
         ctx = _Ctx(
             original,
@@ -87,24 +97,17 @@ def _finetune(
             encode_prompts(tok, fmt, [catalog.prompt(s) for s in task.retain]),
             original.device,
         )
-        loop = LoopConfig(
-            lr=cfg.lr,
-            batch_size=cfg.batch_size,
-            checks_per_epoch=cfg.checks_per_epoch,
-            stop=cfg.stop,
-            seed=cfg.seed,
-        )
         stopped = unlearning_loop(
-            view,
-            list(student.parameters()),
-            lambda k: True,
-            [len(e) for e in ctx.forget_enc],
-            len(task.retain),
-            make_step(ctx),
-            monitor,
-            reference.valid_auc,
-            loop,
-            history,
+            view=view,
+            trainable=list(student.parameters()),
+            keep=lambda k: True,
+            forget_lengths=[len(e) for e in ctx.forget_enc],
+            n_retain=len(task.retain),
+            step=make_step(ctx),
+            monitor=monitor,
+            reference_auc=reference.valid_auc,
+            cfg=cfg.loop(),
+            history=history,
             name=name,
             progress=progress,
         )
@@ -191,22 +194,6 @@ def bad_teacher(
 
     cfg_used = cfg or FinetuneConfig()
     return _finetune("bad-t", original, task, cfg_used, make_step, progress)
-
-
-def fresh_model(original: Backbone) -> torch.nn.Module:
-    """The original's architecture with fresh random weights."""
-    auto = AutoModelForSeq2SeqLM if original.is_seq2seq else AutoModelForCausalLM
-    return auto.from_config(copy.deepcopy(original.model.config))
-
-
-def fresh_base(original: Backbone, base_spec: str, seed: int = 0) -> Backbone:
-    """What the original was trained from (its manifest's ``backbone``): a tiny preset's
-    architecture and catalogue tokenizer with fresh weights, or the pretrained backbone."""
-    if base_spec in ("tiny", "tiny-t5"):
-        torch.manual_seed(seed)
-        model = fresh_model(original).to(original.device).eval()
-        return Backbone(model, original.tokenizer, base_spec, {"source": "fresh"})
-    return load_backbone(base_spec, device=original.device)
 
 
 def retrain(

@@ -64,6 +64,7 @@ class LoopConfig:
 
 
 def unlearning_loop(
+    *,
     view: Backbone,
     trainable: Sequence[torch.nn.Parameter],
     keep: Callable[[str], bool],
@@ -74,7 +75,6 @@ def unlearning_loop(
     reference_auc: float,
     cfg: LoopConfig,
     history: list[dict],
-    *,
     name: str,
     progress: bool = True,
     on_step: ProgressFn | None = None,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -21,29 +20,8 @@ from e2urec.data.samples import Sample
 from e2urec.scoring import answer_distributions, yes_probability
 from e2urec.training import TrainConfig, train_llmrec
 from e2urec.unlearn.base import PeakMemory, UnlearnResult, UnlearnTask
-from e2urec.unlearn.baselines import fresh_base
-
-
-@dataclass
-class Ensemble:
-    """Shard models whose answer distributions are mixed with fixed weights."""
-
-    members: list[Backbone]
-    weights: list[float]
-
-    @property
-    def format(self):
-        return self.members[0].format
-
-    def parameter_count(self) -> int:
-        return sum(m.parameter_count() for m in self.members)
-
-    def answer_log_probs(self, prompts: Sequence[Prompt], batch_size: int = 128) -> torch.Tensor:
-        mixed = None
-        for member, weight in zip(self.members, self.weights, strict=True):
-            probs = answer_distributions(member, prompts, batch_size=batch_size).exp() * weight
-            mixed = probs if mixed is None else mixed + probs
-        return mixed.clamp_min(1e-30).log()
+from e2urec.unlearn.ensemble import Ensemble
+from e2urec.unlearn.fresh import fresh_base
 
 
 def assign_shards(

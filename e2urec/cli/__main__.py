@@ -1,0 +1,3 @@
+from e2urec.cli import app
+
+app()

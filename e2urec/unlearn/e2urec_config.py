@@ -1,0 +1,131 @@
+"""E2URec's settings, each with what it does and, where the paper names it, the paper's symbol."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from e2urec.unlearn.loop import LoopConfig
+from e2urec.unlearn.stopping import StopRule
+
+
+@dataclass
+class E2URecConfig:
+    # -- the student: a LoRA on the frozen original --
+    lora_r: int = 16
+    """Rank of the student's LoRA."""
+    lora_alpha: int = 32
+    """peft's LoRA scaling numerator (scale = lora_alpha / lora_r); not the paper's alpha."""
+    lora_dropout: float = 0.05
+    target_modules: list[str] | None = None
+    """Modules the LoRA adapts; default the attention query/value projections."""
+
+    # -- the forgetting teacher: orig - strength * relu(aug - orig) --
+    forget_strength: float = 2.0
+    """The paper's alpha: how hard the forgetting teacher pushes back what the augmented model
+    learned beyond the original (the least value, when calibrated)."""
+    calibrate_strength: bool = True
+    """Raise ``forget_strength`` (up to ``forget_strength_max``) until the forgetting teacher's
+    forget-set loss reaches the held-out level: with the paper's fixed alpha = 2 the teacher
+    asked for less than a retrained model shows whenever the original had memorised."""
+    forget_strength_max: float = 32.0
+
+    # -- the loss: w * remember + (1 - w) * forget --
+    remember_weight: float = 0.6
+    """The paper's w: weight of the remembering terms (CE and KL to the original on retained
+    data) against the forgetting term."""
+    lr: float = 3e-3
+    """The paper's 1e-3 moved the student too little in the steps a check allows."""
+    batch_size: int = 16
+    forget_only_epochs: int = 3
+    """Epochs on the forgetting term alone before mixed epochs."""
+    repair_fraction: float = 0.33
+    """Mixed steps after the forget-only phase reached the held-out level, as a fraction of one
+    epoch (the paper's run: ~250 mixed after ~750 forget-only steps). 0 stops right there."""
+    keep_best: bool = True
+    """End on the checked state closest to the held-out level, not the last one."""
+
+    # -- the augmented model: the original further fitted to the forget set --
+    aug_mode: Literal["lora", "full"] = "full"
+    """The paper fine-tuned all weights. A LoRA learns what the forget users share with everyone
+    (their taste, the base rate), so its forgetting teacher flattened every prediction; all
+    weights also learn the samples themselves, and the teacher asks for exactly that back."""
+    aug_epochs: int = 1
+    """Least epochs of fitting. The forced logits raise the forget loss by about
+    ``forget_strength`` times what the augmented model lowered it, so it is fitted until its
+    forget loss is below the original's by the gap to the held-out level over that strength
+    (at least ``aug_min_drop``), between ``aug_epochs`` and ``aug_max_epochs``: one fixed epoch
+    left the teacher near the original whenever the original had memorised the forget set."""
+    aug_max_epochs: int = 4
+    aug_min_drop: float = 0.02
+    aug_lr: float = 1e-3
+    cache_teachers: bool = True
+    """Compute both teachers' answer logits once (tables) instead of at every step."""
+
+    # -- when to stop --
+    stop: StopRule = field(default_factory=StopRule)
+    checks_per_epoch: int = 3
+    """Stop soon after the forget loss reaches the held-out level."""
+    min_steps_per_epoch: int = 60
+    """Cycle the forget set to at least this many steps per epoch (and per augmentation
+    epoch): 150 forget samples make 10 steps, and forgetting needs a few hundred. 0 keeps plain
+    epochs."""
+    seed: int = 0
+    eval_batch_size: int = 128
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.remember_weight <= 1.0:
+            raise ValueError(f"remember_weight must be in [0, 1], got {self.remember_weight}")
+        if self.forget_strength <= 0:
+            raise ValueError(
+                f"forget_strength must be > 0 (the forgetting teacher's push), "
+                f"got {self.forget_strength}"
+            )
+        if self.forget_strength_max < self.forget_strength:
+            raise ValueError(
+                f"forget_strength_max ({self.forget_strength_max}) must be >= forget_strength "
+                f"({self.forget_strength})"
+            )
+        if self.aug_mode not in ("lora", "full"):
+            raise ValueError(f"aug_mode must be 'lora' or 'full', got {self.aug_mode!r}")
+        if not 1 <= self.aug_epochs <= self.aug_max_epochs:
+            raise ValueError(
+                f"need 1 <= aug_epochs <= aug_max_epochs, got {self.aug_epochs} and "
+                f"{self.aug_max_epochs}"
+            )
+        if self.aug_min_drop < 0:
+            raise ValueError(f"aug_min_drop must be >= 0, got {self.aug_min_drop}")
+        if self.repair_fraction < 0:
+            raise ValueError(f"repair_fraction must be >= 0, got {self.repair_fraction}")
+        self.loop(forget_samples=1)  # the loop's own checks, before any training starts
+
+    def loop(self, forget_samples: int) -> LoopConfig:
+        """The shared unlearning loop's settings for a forget set of this size."""
+        steps_per_epoch = max(math.ceil(forget_samples / self.batch_size), self.min_steps_per_epoch)
+        return LoopConfig(
+            lr=self.lr,
+            batch_size=self.batch_size,
+            forget_only_epochs=self.forget_only_epochs,
+            checks_per_epoch=self.checks_per_epoch,
+            min_steps_per_epoch=self.min_steps_per_epoch,
+            stop=self.stop,
+            seed=self.seed,
+            repair_steps=math.ceil(self.repair_fraction * steps_per_epoch),
+            keep_best=self.keep_best,
+        )
+
+    @classmethod
+    def paper(cls, **overrides) -> E2URecConfig:
+        """The paper's setting: fixed alpha = 2, one forget-only epoch, then mixed epochs until
+        the stop rule fires (the ablation row of the benchmark)."""
+        settings = {
+            "calibrate_strength": False,
+            "lr": 1e-3,
+            "forget_only_epochs": 1,
+            "repair_fraction": 0.0,
+            "keep_best": False,
+            "min_steps_per_epoch": 0,
+            "checks_per_epoch": 1,
+        }
+        return cls(**(settings | overrides))

@@ -1,0 +1,175 @@
+"""Every unlearning method by name: one call shape, checked before any work starts.
+
+``METHODS[name](original, task, RunOptions(...))`` runs a method; the CLI (``e2urec unlearn
+--method``) and the paper-table benchmark both read this registry, so a name is valid in one
+exactly when it is valid in the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from e2urec.backbones import Backbone
+from e2urec.data.samples import Sample
+from e2urec.training import TrainConfig
+from e2urec.unlearn.base import UnlearnResult, UnlearnTask
+from e2urec.unlearn.baselines import FinetuneConfig, bad_teacher, neggrad, negkl, retrain
+from e2urec.unlearn.e2urec import e2urec_unlearn
+from e2urec.unlearn.e2urec_config import E2URecConfig
+from e2urec.unlearn.shards import sharded_unlearn
+from e2urec.unlearn.stopping import StopRule
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """What a method may need besides the original and the task."""
+
+    stop: StopRule = field(default_factory=StopRule)
+    seed: int = 0
+    progress: bool = True
+    out: Path | None = None  # where a method that produces an adapter writes it
+    # Methods that train from the base (Retrain, SISA, RecEraser) need how the original was made:
+    base_spec: str | None = None  # the backbone it was trained from (its manifest's "backbone")
+    train_config: TrainConfig | None = None  # how it was trained
+    train: Sequence[Sample] | None = None  # what it was trained on (the shards split it)
+    valid: Sequence[Sample] | None = None  # early stopping when retraining ([]: fixed schedule)
+
+
+Run = Callable[[Backbone, UnlearnTask, RunOptions], UnlearnResult]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    summary: str
+    run: Run
+    needs: tuple[str, ...] = ()  # RunOptions fields that must be set
+
+    def __call__(self, original: Backbone, task: UnlearnTask, options: RunOptions) -> UnlearnResult:
+        self.check(options)
+        return self.run(original, task, options)
+
+    def check(self, options: RunOptions) -> None:
+        missing = [n for n in self.needs if getattr(options, n) is None]
+        if missing:
+            raise ValueError(
+                f"{self.name} trains from the base and needs {', '.join(missing)} "
+                "(how the original was trained); pass them in RunOptions"
+            )
+
+
+_RETRAINS = ("base_spec", "train_config")
+
+
+def _finetune(fn) -> Run:
+    def run(original: Backbone, task: UnlearnTask, o: RunOptions) -> UnlearnResult:
+        return fn(original, task, FinetuneConfig(stop=o.stop, seed=o.seed), progress=o.progress)
+
+    return run
+
+
+def _e2urec(*, paper: bool = False, **settings) -> Run:
+    make = E2URecConfig.paper if paper else E2URecConfig
+
+    def run(original: Backbone, task: UnlearnTask, o: RunOptions) -> UnlearnResult:
+        # a short budget keeps one mixed epoch for the repair (as the worker does)
+        forget_only = 1 if paper else E2URecConfig.forget_only_epochs
+        forget_only = min(forget_only, o.stop.max_epochs - 1)
+        cfg = make(stop=o.stop, seed=o.seed, forget_only_epochs=forget_only, **settings)
+        return e2urec_unlearn(original, task, cfg, out=o.out, progress=o.progress)
+
+    return run
+
+
+def _retrain(original: Backbone, task: UnlearnTask, o: RunOptions) -> UnlearnResult:
+    return retrain(original, task, o.train_config, o.base_spec, progress=o.progress, valid=o.valid)
+
+
+def _sharded(by: str) -> Run:
+    def run(original: Backbone, task: UnlearnTask, o: RunOptions) -> UnlearnResult:
+        return sharded_unlearn(
+            original,
+            task,
+            o.train,
+            o.train_config,
+            o.base_spec,
+            by=by,
+            progress=o.progress,
+            valid=o.valid,
+        )
+
+    return run
+
+
+_ALL = [
+    Method(
+        "retrain",
+        "train the base from scratch on the retain set (exact; the reference)",
+        _retrain,
+        _RETRAINS,
+    ),
+    Method(
+        "sisa",
+        "retrain the shards (by sample) that held forget data; average the shards",
+        _sharded("sample"),
+        (*_RETRAINS, "train"),
+    ),
+    Method(
+        "receraser",
+        "retrain the user shards that held forget users; learned aggregation",
+        _sharded("user"),
+        (*_RETRAINS, "train"),
+    ),
+    Method(
+        "negkl",
+        "ascend the KL to the original on forget, CE on retain (all weights)",
+        _finetune(negkl),
+    ),
+    Method(
+        "neggrad", "gradient ascent on forget, descent on retain (all weights)", _finetune(neggrad)
+    ),
+    Method(
+        "bad-t",
+        "distil a random teacher on forget and the original on retain",
+        _finetune(bad_teacher),
+    ),
+    Method(
+        "e2urec",
+        "LoRA student of a remembering and a forgetting teacher (this product's)",
+        _e2urec(),
+    ),
+    Method(
+        "e2urec (paper)",
+        "E2URec as the paper set it: fixed alpha 2, mixed epochs",
+        _e2urec(paper=True),
+    ),
+    Method(
+        "e2urec (lora aug)",
+        "ablation: the augmented model as a merged LoRA",
+        _e2urec(aug_mode="lora"),
+    ),
+    Method(
+        "e2urec (w 0.3)",
+        "ablation: more weight on forgetting (remember_weight 0.3)",
+        _e2urec(remember_weight=0.3),
+    ),
+    Method(
+        "e2urec (uncached)",
+        "E2URec running both teachers at every step (the paper's code)",
+        _e2urec(cache_teachers=False),
+    ),
+]
+METHODS: dict[str, Method] = {m.name: m for m in _ALL}
+assert all(n in {f.name for f in fields(RunOptions)} for m in _ALL for n in m.needs)
+
+
+def get_method(name: str) -> Method:
+    """The registered method, or a ValueError that lists the names to choose from."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown unlearning method {name!r}; choose from {', '.join(METHODS)}"
+        ) from None
