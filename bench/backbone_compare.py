@@ -4,7 +4,7 @@ Runs the commands a user would (``e2urec prepare`` once, then ``e2urec train`` p
 on that folder) and tabulates each model's manifest: test AUC, GAUC, ACC and LogLoss, training
 time, steps and trainable parameters. Writes ``backbones.json`` and ``backbones.md``.
 
-    python bench/backbone_compare.py --path ../shared/data/ml-1m \
+    python -m bench.backbone_compare --path ../shared/data/ml-1m \
         --ratings-file ratings.users_1-2999.partial.dat --out bench/results/llm-train-cpu
 """
 
@@ -20,8 +20,7 @@ from typing import Annotated
 
 import typer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/backbone_compare.py`
-from bench.common import ROOT, machine  # noqa: E402
+from bench.common import ROOT, machine
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 

@@ -15,7 +15,7 @@ projected to the paper's scale on one H100.
    forgotten), the model predicts Retrain and E2URec for T5-base and a 7B Llama on one H100,
    and the minutes a 100-user worker batch takes. Assumptions are printed with the results.
 
-    python bench/cost_model.py --path ../shared/data/ml-1m \
+    python -m bench.cost_model --path ../shared/data/ml-1m \
         --ratings-file ratings.users_1-2999.partial.dat --out bench/results/cost-model-cpu
 """
 
@@ -32,10 +32,9 @@ from typing import Annotated
 import torch
 import typer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/cost_model.py`
-from bench.common import machine  # noqa: E402
-from bench.flops import LLAMA_7B, SMOLLM2_135M, T5_BASE, ModelShape  # noqa: E402
-from bench.work_meter import Work, WorkMeter  # noqa: E402
+from bench.common import machine
+from bench.flops import LLAMA_7B, SMOLLM2_135M, T5_BASE, ModelShape
+from bench.work_meter import Work, WorkMeter
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 

@@ -6,7 +6,7 @@ Its test AUC says whether the signal is in the representation: if the probe lear
 fine-tuned model does not, the recipe is what fails, not the model. Writes ``probe.json`` and
 ``probe.md``.
 
-    python bench/linear_probe.py --data /tmp/e2urec-backbones/data --backbone smollm2-135m \
+    python -m bench.linear_probe --data /tmp/e2urec-backbones/data --backbone smollm2-135m \
         --out bench/results/llm-train-cpu
 """
 
@@ -26,8 +26,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/linear_probe.py`
-from bench.common import machine  # noqa: E402
+from bench.common import machine
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 

@@ -8,7 +8,7 @@ predicted, length bucketing, bfloat16 autocast; then the best setting with one t
 Every row reports real (unpadded) tokens per second, the FLOPs those tokens cost by
 :mod:`bench.flops`, and that rate as a share of the measured matmul peak of the dtype used.
 
-    python bench/llm_speed.py --backbone smollm2-135m --path ../shared/data/ml-1m \
+    python -m bench.llm_speed --backbone smollm2-135m --path ../shared/data/ml-1m \
         --ratings-file ratings.users_1-2999.partial.dat --out bench/results/llm-speed-cpu
 """
 
@@ -26,9 +26,8 @@ from typing import Annotated
 import torch
 import typer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/llm_speed.py`
-from bench.common import machine  # noqa: E402
-from bench.flops import ModelShape, forward_flops, train_flops  # noqa: E402
+from bench.common import machine
+from bench.flops import ModelShape, forward_flops, train_flops
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 

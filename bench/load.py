@@ -6,7 +6,7 @@ a synthetic catalogue and a tiny base; the load comes from an asyncio HTTP clien
 process. During the mixed phase the active adapter changes every few seconds (registry update
 plus Redis notice), exactly as the worker publishes one. Writes ``load.json`` and ``load.md``.
 
-    python bench/load.py --out bench/results/load-cpu
+    python -m bench.load --out bench/results/load-cpu
 """
 
 from __future__ import annotations
@@ -23,11 +23,8 @@ from typing import Annotated
 import httpx
 import typer
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.common import clean_env, machine, start_api, stop  # noqa: E402
-from tests.service_support import (  # noqa: E402  (dev helpers shared with the tests)
+from bench.common import ROOT, clean_env, machine, start_api, stop
+from tests.service_support import (  # dev helpers shared with the tests
     KEYS,
     make_settings,
     postgres_database,
@@ -238,10 +235,10 @@ def swapper(
     """Activate the adapters in turn, as the worker does (registry, then notice), and time how
     long the server is behind the registry each time (it answers without personalisation
     meanwhile: fail closed)."""
-    from service.db.models import AdapterVersion
-    from service.db.session import session_scope
-    from service.model_changes import publish_model_change
-    from service.registry import activate_adapter
+    from service.core.db.models import AdapterVersion
+    from service.core.db.session import session_scope
+    from service.domain.model_changes import publish_model_change
+    from service.domain.registry import activate_adapter
 
     k = 0
     while not stop.wait(every):
@@ -271,8 +268,8 @@ def main(
     ] = 1.5,
 ) -> None:
     from e2urec.adapter_files import read_adapter
-    from service.db.models import AdapterStatus, AdapterVersion
-    from service.db.session import session_scope
+    from service.core.db.models import AdapterStatus, AdapterVersion
+    from service.core.db.session import session_scope
 
     work = ROOT / "runs" / f"bench-load-{uuid.uuid4().hex[:6]}"
     dataset = small_dataset(users=users, items=400, per_user=20, seed=4)

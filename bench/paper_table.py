@@ -14,7 +14,7 @@ Two regimes:
     forget users but never trained on, give the attack its non-members (one half) and the stop
     rule its held-out level (the other half).
 
-    python bench/paper_table.py --regime memorising --path ../shared/data/ml-1m \
+    python -m bench.paper_table --regime memorising --path ../shared/data/ml-1m \
         --ratings-file ratings.users_1-2999.partial.dat --seeds 0 --seeds 1 --seeds 2 \
         --out bench/results/ml1m-memorising-cpu
 """

@@ -3,15 +3,15 @@
 For every test-period user with at least one liked test item (not seen before), three top-10
 lists are compared on HR@10 and NDCG@10 of those liked items:
   (a) popularity among everyone before the test period (what the user has seen removed);
-  (b) the candidate stage's own order (the service's co-occurrence index, ``service.candidates``,
-      built from every rating before the test period, as the service builds it from its
-      database), 50 candidates;
+  (b) the candidate stage's own order (the service's co-occurrence index,
+      ``service.serving.candidates``, built from every rating before the test period, as the
+      service builds it from its database), 50 candidates;
   (c) the same 50 candidates reranked by each LLM's P(like) (prefix reuse, as served).
 Same users, same candidates, one run. Also reported: recall@50 of the candidates (the most any
 rerank can reach) and how far apart the LLM's scores for one user's candidates are (a model
 whose scores differ in the fifth decimal cannot order anything).
 
-    python bench/ranking.py --data /tmp/e2urec-backbones/data \
+    python -m bench.ranking --data /tmp/e2urec-backbones/data \
         --model tiny=/tmp/e2urec-backbones/tiny \
         --model smollm2-135m=/tmp/e2urec-backbones/smollm2-135m --out bench/results/ranking-cpu
 """
@@ -31,8 +31,7 @@ import typer
 from scipy import sparse
 from tqdm.auto import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/ranking.py`
-from bench.common import machine  # noqa: E402
+from bench.common import machine
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -47,7 +46,7 @@ def hit_and_ndcg(ranked: list[int], relevant: set[int], k: int) -> tuple[float, 
 
 def candidate_index(interactions, before: int):
     """The service's candidate index over every rating before ``before`` (no database)."""
-    from service.candidates import CandidateIndex
+    from service.serving.candidates import CandidateIndex
 
     rows = [x for x in interactions if x.timestamp < before]
     user_ids = np.array(sorted({x.user_id for x in rows}), dtype=np.int64)

@@ -5,7 +5,7 @@ For each configuration (dynamic batching on/off x prefix reuse on/off) it starts
 it with concurrent HTTP clients for a fixed time, and records requests/s, candidates/s and
 latency percentiles. Writes ``serving.json`` and ``serving.md`` to ``--out``.
 
-    python bench/serving.py --out bench/results/serving-cpu
+    python -m bench.serving --out bench/results/serving-cpu
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from typing import Annotated
 import httpx
 import typer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/serving.py`
-from bench.common import clean_env, machine, start_api, stop  # noqa: E402
+from bench.common import clean_env, machine, start_api, stop
 
 KEY = "bench-key-0123456789abcdef"
 CONFIGS = {
@@ -50,9 +49,9 @@ def prepare(data_dir: Path, users: int, items: int, backbone: str = "tiny") -> N
     from e2urec.data import Catalog, SampleConfig, SyntheticConfig, generate_synthetic, make_splits
     from e2urec.model_store import save_model
     from service.cli import migrate_database
-    from service.db.session import session_scope
-    from service.importer import import_dataset
-    from service.registry import register_base
+    from service.core.db.session import session_scope
+    from service.domain.importer import import_dataset
+    from service.domain.registry import register_base
 
     url = f"sqlite:///{data_dir / 'e2urec.db'}"
     if (data_dir / "e2urec.db").exists():

@@ -6,7 +6,7 @@ fixed schedule (no early stop): teachers cached, and teachers run every step as 
 does. It reports the time of the teacher and training stages, and how far the two results
 differ. Writes ``teacher_cache.json`` and ``teacher_cache.md``.
 
-    python bench/teacher_cache.py --out bench/results/teacher-cache-cpu
+    python -m bench.teacher_cache --out bench/results/teacher-cache-cpu
 """
 
 from __future__ import annotations

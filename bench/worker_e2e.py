@@ -11,7 +11,7 @@ processes; N forget requests are sent (the batch is cut when the N-th arrives); 
 when every request is completed and ``/ready`` reports the new adapter. Writes
 ``worker_e2e.json`` and ``worker_e2e.md``.
 
-    python bench/worker_e2e.py --regime memorising --out bench/results/worker-e2e-memorising-cpu
+    python -m bench.worker_e2e --regime memorising --out bench/results/worker-e2e-memorising-cpu
 """
 
 from __future__ import annotations
@@ -28,8 +28,7 @@ import typer
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/worker_e2e.py`
-from bench.common import clean_env, machine, start, stop  # noqa: E402
+from bench.common import clean_env, machine, start, stop
 
 KEY = "bench-key-0123456789abcdef"
 # The salt picks the audit users (never trained on): the base and the stack must share it.
@@ -48,11 +47,11 @@ def train_once(
 ) -> dict:
     """The catalogue and a trained base, kept in ``work`` across runs."""
     from e2urec.data import SyntheticConfig, generate_synthetic
-    from service.bootstrap import train_base
     from service.cli import migrate_database
-    from service.db.session import session_scope
-    from service.importer import import_dataset
-    from service.settings import Settings
+    from service.core.db.session import session_scope
+    from service.core.settings import Settings
+    from service.domain.bootstrap import train_base
+    from service.domain.importer import import_dataset
 
     recipe_file = work / "recipe.json"
     if recipe_file.exists():
@@ -99,7 +98,7 @@ def fresh_database(admin_url: str) -> str:
 
 
 def drop_database(admin_url: str, url: str) -> None:
-    from service.db.session import dispose_all
+    from service.core.db.session import dispose_all
 
     dispose_all()
     engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
@@ -111,9 +110,9 @@ def drop_database(admin_url: str, url: str) -> None:
 def populate(url: str, work: Path, users: int, items: int, per_user: int, recipe: dict) -> None:
     from e2urec.data import SyntheticConfig, generate_synthetic
     from service.cli import migrate_database
-    from service.db.session import session_scope
-    from service.importer import import_dataset
-    from service.registry import register_base
+    from service.core.db.session import session_scope
+    from service.domain.importer import import_dataset
+    from service.domain.registry import register_base
 
     dataset = generate_synthetic(
         SyntheticConfig(users=users, items=items, ratings_per_user=per_user, seed=3)

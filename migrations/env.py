@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from alembic import context
 
-from service.db.models import Base, UTCDateTime
-from service.db.session import make_engine
-from service.settings import get_settings
+from service.core.db.models import Base, UTCDateTime
+from service.core.db.session import make_engine
+from service.core.settings import get_settings
 
 config = context.config
 target_metadata = Base.metadata

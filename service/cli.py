@@ -56,7 +56,7 @@ def migrate_database(url: str) -> None:
     from alembic.config import Config
     from sqlalchemy import text
 
-    from service.db.session import make_engine
+    from service.core.db.session import make_engine
 
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -86,7 +86,7 @@ def migrate_database(url: str) -> None:
 @friendly
 def migrate() -> None:
     """Create or upgrade the database schema (alembic upgrade head)."""
-    from service.settings import get_settings
+    from service.core.settings import get_settings
 
     url = get_settings().db_url
     migrate_database(url)
@@ -102,23 +102,20 @@ def _safe(url: str) -> str:
 Format = Annotated[str, typer.Option("--format", help="auto, synthetic, ml-1m, ml-100k, goodbooks")]
 
 
-@app.command("import")
-@friendly
-def import_(
-    path: Annotated[
-        Path | None, typer.Option(help="dataset folder; omit for the synthetic default")
-    ] = None,
-    fmt: Format = "auto",
-    ratings_file: Annotated[str | None, typer.Option(help="ratings file inside the folder")] = None,
-    synthetic_users: int = 300,
-    synthetic_items: int = 400,
-    seed: int = 42,
+def import_catalog(
+    path: Path | None = None,
+    fmt: str = "auto",
+    ratings_file: str | None = None,
+    synthetic=None,  # e2urec.data.SyntheticConfig; default 300 users, 400 items, seed 42
 ) -> None:
-    """Load a dataset's users, items and ratings into an empty database (one transaction)."""
+    """Load a dataset (the synthetic default without ``path``) into an empty database, in one
+    transaction, with a progress bar per table."""
+    from tqdm import tqdm
+
     from e2urec.data import SyntheticConfig, load_dataset
-    from service.db.session import session_scope
-    from service.importer import import_dataset
-    from service.settings import get_settings
+    from service.core.db.session import session_scope
+    from service.core.settings import get_settings
+    from service.domain.importer import import_dataset
 
     settings = get_settings()
     migrate_database(settings.db_url)
@@ -127,12 +124,10 @@ def import_(
         fmt if path else "synthetic",
         path,
         ratings_file=ratings_file,
-        synthetic=SyntheticConfig(users=synthetic_users, items=synthetic_items, seed=seed),
+        synthetic=synthetic or SyntheticConfig(users=300, items=400, seed=42),
     )
     console.print(f"loaded {dataset.summary()}")
     source = {"format": fmt, "path": str(path) if path else None, "ratings_file": ratings_file}
-    from tqdm import tqdm
-
     bars: dict[str, tqdm] = {}
 
     def progress(name: str, done: int, total: int) -> None:
@@ -147,6 +142,25 @@ def import_(
         f"imported {report.users:,} users, {report.items:,} items and "
         f"{report.interactions:,} interactions in {time.perf_counter() - started:.1f}s"
     )
+
+
+@app.command("import")
+@friendly
+def import_(
+    path: Annotated[
+        Path | None, typer.Option(help="dataset folder; omit for the synthetic default")
+    ] = None,
+    fmt: Format = "auto",
+    ratings_file: Annotated[str | None, typer.Option(help="ratings file inside the folder")] = None,
+    synthetic_users: int = 300,
+    synthetic_items: int = 400,
+    seed: int = 42,
+) -> None:
+    """Load a dataset's users, items and ratings into an empty database (one transaction)."""
+    from e2urec.data import SyntheticConfig
+
+    synthetic = SyntheticConfig(users=synthetic_users, items=synthetic_items, seed=seed)
+    import_catalog(path, fmt, ratings_file, synthetic)
 
 
 @app.command()
@@ -168,10 +182,10 @@ def bootstrap(
 ) -> None:
     """Make the service ready on the embedded default: migrate, import the synthetic catalogue
     if the database has none, train the base LLMRec if none is registered, register it."""
-    from service.bootstrap import ensure_base_model
-    from service.catalog import NoCatalog, catalog_info
-    from service.db.session import session_scope
-    from service.settings import get_settings
+    from service.core.db.session import session_scope
+    from service.core.settings import get_settings
+    from service.domain.bootstrap import ensure_base_model
+    from service.domain.catalog import NoCatalog, catalog_info
 
     settings = get_settings()
     migrate_database(settings.db_url)
@@ -182,7 +196,7 @@ def bootstrap(
             info = None
     if info is None:
         console.print("no catalogue yet: importing the synthetic default")
-        import_.__wrapped__(None, "synthetic", None, 300, 400, 42)
+        import_catalog()
     else:
         console.print(
             f"catalogue: {info['name']} ({info['users']:,} users, {info['items']:,} items)"
@@ -207,9 +221,9 @@ def trained_users_(
     """Print ids of users the active base trained on (most ratings first), one per line: the
     users whose forget request really trains an adapter. Others (audit users, users newer than
     the training window) complete by deleting their data alone."""
-    from service.bootstrap import trained_users
-    from service.db.session import session_scope
-    from service.settings import get_settings
+    from service.core.db.session import session_scope
+    from service.core.settings import get_settings
+    from service.domain.bootstrap import trained_users
 
     settings = get_settings()
     with session_scope(settings.db_url, write=False) as session:
@@ -222,10 +236,10 @@ def trained_users_(
 def consolidate() -> None:
     """Queue a consolidation: retrain the base without every forgotten or waiting user; adapters
     then start again from empty (a worker runs it, one job at a time)."""
-    from service.db.session import session_scope
-    from service.jobs import request_consolidation
-    from service.settings import get_settings
-    from service.tasks_client import send_run_job
+    from service.core.db.session import session_scope
+    from service.core.settings import get_settings
+    from service.domain.jobs import request_consolidation
+    from service.domain.tasks_client import send_run_job
 
     settings = get_settings()
     with session_scope(settings.db_url) as session:
@@ -242,10 +256,10 @@ def consolidate() -> None:
 @friendly
 def batch_now() -> None:
     """Cut a batch from every pending forget request now, without waiting for the policy."""
-    from service.db.session import session_scope
-    from service.jobs import BatchPolicy, cut_batch
-    from service.settings import get_settings
-    from service.tasks_client import send_run_job
+    from service.core.db.session import session_scope
+    from service.core.settings import get_settings
+    from service.domain.jobs import BatchPolicy, cut_batch
+    from service.domain.tasks_client import send_run_job
 
     s = get_settings()
     with session_scope(s.db_url) as session:
@@ -317,7 +331,7 @@ def verify_certificate(
     receipts link (each names the previous one's hash, no gap in the sequence)."""
     import json
 
-    from service.receipts import ReceiptError, verify, verify_chain
+    from service.domain.receipts import ReceiptError, verify, verify_chain
 
     try:
         document = json.loads(file.read_text())
@@ -358,7 +372,7 @@ def verify_certificate(
 @app.command("settings")
 def settings_() -> None:
     """Print every setting (environment variable, default, meaning) as a Markdown table."""
-    from service.settings import settings_table
+    from service.core.settings import settings_table
 
     print(settings_table())
 
@@ -373,8 +387,8 @@ def serve(
     """Run the API (one process: it owns the model)."""
     import uvicorn
 
-    from service.main import create_app
-    from service.settings import get_settings
+    from service.api.main import create_app
+    from service.core.settings import get_settings
 
     settings = get_settings()
     migrate_database(settings.db_url)

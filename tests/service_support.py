@@ -62,7 +62,7 @@ def postgres_database(admin_url: str | None = None) -> Iterator[str]:
     try:
         yield url
     finally:
-        from service.db.session import dispose_all
+        from service.core.db.session import dispose_all
 
         dispose_all()
         with admin.connect() as conn:
@@ -131,9 +131,9 @@ def random_adapter(base_folder: Path, out: Path, seed: int, probes: list | None 
 def prepare_database(url: str, dataset, base_folder: Path | None) -> None:
     """Migrate, import the catalogue, register the base model."""
     from service.cli import migrate_database
-    from service.db.session import session_scope
-    from service.importer import import_dataset
-    from service.registry import register_base
+    from service.core.db.session import session_scope
+    from service.domain.importer import import_dataset
+    from service.domain.registry import register_base
 
     migrate_database(url)
     with session_scope(url) as session:
@@ -144,7 +144,7 @@ def prepare_database(url: str, dataset, base_folder: Path | None) -> None:
 
 
 def make_settings(url: str, data_dir: Path, **overrides):
-    from service.settings import Settings
+    from service.core.settings import Settings
 
     values = {
         "data_dir": data_dir,

@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from service.candidates import CandidateIndex
-from service.db.models import User
-from service.db.session import session_factory, session_scope
-from service.forget import request_forget, user_hash
+from service.core.db.models import User
+from service.core.db.session import session_factory, session_scope
+from service.core.security import user_hash
+from service.domain.forget import request_forget
+from service.serving.candidates import CandidateIndex
 from tests.service_support import postgres_database, prepare_database, small_dataset
 
 SALT = b"salt"
@@ -61,7 +62,7 @@ def test_a_request_that_commits_after_a_higher_id_is_still_applied(db):
 
 
 def test_a_rolled_back_id_stops_being_waited_for_after_the_grace(db, monkeypatch):
-    import service.candidates as candidates
+    import service.serving.candidates as candidates
 
     with session_scope(db, write=False) as s:
         index = CandidateIndex.build(s)

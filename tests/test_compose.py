@@ -136,7 +136,7 @@ def test_the_shipped_placeholders_are_refused_and_gen_secrets_writes_good_ones(t
     from typer.testing import CliRunner
 
     from service.cli import app
-    from service.settings import Settings
+    from service.core.settings import Settings
 
     def values(path: Path) -> dict[str, str]:
         lines = [x for x in path.read_text().splitlines() if x and not x.startswith("#")]
@@ -166,7 +166,7 @@ def test_the_shipped_placeholders_are_refused_and_gen_secrets_writes_good_ones(t
 
 
 def test_a_generated_salt_file_is_readable_by_its_owner_only(tmp_path):
-    from service.settings import Settings
+    from service.core.settings import Settings
 
     salt = Settings(data_dir=tmp_path).salt()
     assert len(salt) == 64

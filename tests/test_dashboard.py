@@ -8,10 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from service.db.session import session_scope
-from service.forget import request_forget
-from service.jobs import BatchPolicy, claim_next_job, cut_batch, publish_and_complete, renew_lease
-from service.main import create_app
+from service.api.main import create_app
+from service.core.db.session import session_scope
+from service.domain.forget import request_forget
+from service.domain.jobs import (
+    BatchPolicy,
+    claim_next_job,
+    cut_batch,
+    publish_and_complete,
+    renew_lease,
+)
 from tests.service_support import (
     ADMIN_KEY,
     REQUIRED,

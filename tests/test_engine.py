@@ -18,8 +18,8 @@ from e2urec.data import Catalog, SampleConfig, SyntheticConfig, generate_synthet
 from e2urec.data.prompts import Prompt
 from e2urec.lora import attention_qv_targets
 from e2urec.scoring import predict_like
-from service.adapter_slot import ModelVersion, SwapError
-from service.engine import InferenceEngine
+from service.serving.adapter_slot import ModelVersion, SwapError
+from service.serving.engine import InferenceEngine
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from e2urec.evaluate import evaluate
 from e2urec.lora import attention_qv_targets
 from e2urec.training import TrainConfig, train_llmrec
 from e2urec.unlearn import E2URecConfig, StopRule, UnlearnTask, e2urec_unlearn
-from service.settings import Settings
+from service.core.settings import Settings
 from worker.gate import quality_gate
 
 

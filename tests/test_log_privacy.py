@@ -7,8 +7,8 @@ import sys
 
 import httpx
 
-from service.forget import user_hash
-from service.log_privacy import redact
+from service.core.log_privacy import redact
+from service.core.security import user_hash
 from tests.service_support import (
     FORGET_KEY,
     KEYS,

@@ -77,7 +77,7 @@ def test_e2urec_on_the_real_llm_writes_an_adapter_the_engine_serves(smollm2, wor
     from e2urec.unlearn.base import UnlearnTask
     from e2urec.unlearn.e2urec import E2URecConfig, e2urec_unlearn
     from e2urec.unlearn.stopping import StopRule
-    from service.engine import InferenceEngine, ModelVersion
+    from service.serving.engine import InferenceEngine, ModelVersion
 
     catalog, splits = world
     forget_users = sorted(splits.forget_users)[:2]

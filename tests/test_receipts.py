@@ -13,19 +13,19 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from e2urec.atomic import folder_sha256
+from service.api.main import create_app
 from service.cli import app as cli
-from service.db.models import User
-from service.db.session import session_scope
-from service.forget import request_forget
-from service.jobs import (
+from service.core.db.models import User
+from service.core.db.session import session_scope
+from service.domain.forget import request_forget
+from service.domain.jobs import (
     BatchPolicy,
     claim_next_job,
     cut_batch,
     finish_consolidation,
     publish_and_complete,
 )
-from service.main import create_app
-from service.receipts import GENESIS, ReceiptError, Signer, verify, verify_chain
+from service.domain.receipts import GENESIS, ReceiptError, Signer, verify, verify_chain
 from tests.service_support import (
     ADMIN_KEY,
     FORGET_KEY,
@@ -72,7 +72,7 @@ def world(tmp_path_factory):
                 )  # fmt: skip
         with session_scope(url) as s:
             ids["6"] = request_forget(s, "6", salt=settings.salt(), actor="t")[0].request_id
-        from service.jobs import request_consolidation
+        from service.domain.jobs import request_consolidation
 
         with session_scope(url) as s:
             request_consolidation(s, actor="t")
@@ -159,7 +159,7 @@ def test_a_relinked_chain_is_caught_even_with_valid_signatures(world):
     client, _, signer, _ = world
     chain = client.get("/certificates/chain", headers=auth(ADMIN_KEY)).json()["receipts"]
     body = json.loads(chain[2]["payload"]) | {"prev_hash": chain[0]["hash"]}
-    from service.receipts import canonical, sha256_hex
+    from service.domain.receipts import canonical, sha256_hex
 
     payload = canonical(body)
     forged = {"payload": payload, "hash": sha256_hex(payload), "signature": signer.sign(payload)}

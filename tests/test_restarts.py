@@ -19,9 +19,15 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from service.db.models import AuditEntry, ForgetRequest, JobStatus, RequestStatus, UnlearningJob
-from service.db.session import dispose_all, session_scope
-from service.registry import register_base
+from service.core.db.models import (
+    AuditEntry,
+    ForgetRequest,
+    JobStatus,
+    RequestStatus,
+    UnlearningJob,
+)
+from service.core.db.session import dispose_all, session_scope
+from service.domain.registry import register_base
 from tests.service_support import (
     ADMIN_KEY,
     FORGET_KEY,
@@ -305,8 +311,8 @@ def test_a_worker_restarted_gracefully_finishes_its_job_and_the_next_runs(tmp_pa
     from tests.worker_world import fresh_world
 
     with fresh_world(service_base, tmp_path, **FAST) as settings:
-        from service.forget import request_forget
-        from service.jobs import BatchPolicy, cut_batch
+        from service.domain.forget import request_forget
+        from service.domain.jobs import BatchPolicy, cut_batch
 
         def batch(*users: int) -> int:
             with session_scope(settings.db_url) as s:

@@ -7,7 +7,7 @@ import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 
-from service.main import create_app
+from service.api.main import create_app
 from tests.service_support import (
     ADMIN_KEY,
     make_settings,

@@ -10,10 +10,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from service.db.models import AuditEntry, ForgetRequest, Interaction, RequestStatus, User
-from service.db.session import session_scope
-from service.forget import transition
-from service.main import create_app
+from service.api.main import create_app
+from service.core.db.models import AuditEntry, ForgetRequest, Interaction, RequestStatus, User
+from service.core.db.session import session_scope
+from service.domain.forget import transition
 from tests.service_support import (
     ADMIN_KEY,
     FORGET_KEY,

@@ -13,10 +13,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, func, inspect, select
 from typer.testing import CliRunner
 
+from service.api.main import create_app
 from service.cli import ROOT, app, migrate_database
-from service.db.models import Base, Interaction, Item, User
-from service.db.session import session_scope
-from service.main import create_app
+from service.core.db.models import Base, Interaction, Item, User
+from service.core.db.session import session_scope
 from tests.service_support import (
     FORGET_KEY,
     RECOMMEND_KEY,
@@ -59,7 +59,7 @@ def test_import_command_loads_a_dataset_once(tmp_path, ml100k_dir, monkeypatch):
     with postgres_database() as url:
         monkeypatch.setenv("E2UREC_DATABASE_URL", url)
         monkeypatch.setenv("E2UREC_DATA_DIR", str(tmp_path))
-        from service.settings import get_settings
+        from service.core.settings import get_settings
 
         get_settings.cache_clear()
         try:
@@ -83,7 +83,7 @@ def test_import_of_a_broken_file_writes_nothing(tmp_path, ml100k_dir, monkeypatc
     (ml100k_dir / "u.data").write_text("1\t1\t5\t881250949\n1\tnot-an-item\t2\t881250950\n")
     url = f"sqlite:///{tmp_path / 'e2urec.db'}"
     monkeypatch.setenv("E2UREC_DATABASE_URL", url)
-    from service.settings import get_settings
+    from service.core.settings import get_settings
 
     get_settings.cache_clear()
     try:

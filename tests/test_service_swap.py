@@ -14,12 +14,12 @@ from sqlalchemy import select
 from e2urec.data.prompts import Prompt, target_suffix, user_prefix
 from e2urec.model_store import load_model
 from e2urec.scoring import predict_like
-from service.catalog import load_items, user_context
-from service.db.models import AdapterStatus, AdapterVersion, AuditEntry
-from service.db.session import session_scope
-from service.main import create_app
-from service.model_changes import publish_model_change
-from service.registry import activate_adapter
+from service.api.main import create_app
+from service.core.db.models import AdapterStatus, AdapterVersion, AuditEntry
+from service.core.db.session import session_scope
+from service.domain.catalog import load_items, user_context
+from service.domain.model_changes import publish_model_change
+from service.domain.registry import activate_adapter
 from tests.service_support import (
     RECOMMEND_KEY,
     LiveServer,

@@ -8,7 +8,8 @@ import pytest
 from sqlalchemy import func, select
 
 from e2urec.data import Catalog
-from service.db.models import (
+from service.api.main import create_app
+from service.core.db.models import (
     AdapterVersion,
     AuditEntry,
     Certificate,
@@ -17,9 +18,8 @@ from service.db.models import (
     UnlearningJob,
     User,
 )
-from service.db.session import session_scope
-from service.main import create_app
-from service.receipts import verify
+from service.core.db.session import session_scope
+from service.domain.receipts import verify
 from tests.service_support import (
     ADMIN_KEY,
     FORGET_KEY,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from service.db.models import (
+from service.core.db.models import (
     AdapterVersion,
     AuditEntry,
     ForgetRequest,
@@ -18,10 +18,10 @@ from service.db.models import (
     RequestStatus,
     UnlearningJob,
 )
-from service.db.session import session_scope
-from service.forget import request_forget
-from service.jobs import BatchPolicy, cut_batch
-from service.tasks_client import send_run_job
+from service.core.db.session import session_scope
+from service.domain.forget import request_forget
+from service.domain.jobs import BatchPolicy, cut_batch
+from service.domain.tasks_client import send_run_job
 from tests.service_support import free_port, wait_for
 from tests.worker_support import CeleryProcess
 from tests.worker_world import fresh_world

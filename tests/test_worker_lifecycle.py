@@ -13,20 +13,20 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from e2urec.data import Catalog
-from service.db.models import (
+from service.api.main import create_app
+from service.core.db.models import (
     AdapterStatus,
     AdapterVersion,
-    BaseModel,
+    BaseModelVersion,
     Certificate,
     ForgetRequest,
     JobStatus,
     RequestStatus,
     UnlearningJob,
 )
-from service.db.session import session_scope
-from service.forget import request_forget
-from service.jobs import BatchPolicy, cut_batch, request_consolidation
-from service.main import create_app
+from service.core.db.session import session_scope
+from service.domain.forget import request_forget
+from service.domain.jobs import BatchPolicy, cut_batch, request_consolidation
 from tests.service_support import ADMIN_KEY, RECOMMEND_KEY, auth
 from tests.worker_world import forget_loss, fresh_world
 from worker.runner import run_next
@@ -121,7 +121,7 @@ def test_consolidation_retrains_the_base_without_forgotten_users(service_base, t
         outcome = run_next(settings, "w")
         assert "retrained" in outcome, outcome
         with session_scope(settings.db_url, write=False) as s:
-            bases = s.scalars(select(BaseModel).order_by(BaseModel.id)).all()
+            bases = s.scalars(select(BaseModelVersion).order_by(BaseModelVersion.id)).all()
             assert [b.is_active for b in bases] == [False, True]
             assert bases[0].purged_at is not None and not Path(bases[0].path).exists()
             assert bases[1].metrics["users"] == 60 - 3  # two deleted, one left out
@@ -144,7 +144,8 @@ def test_trained_users_are_the_ones_whose_request_trains_an_adapter(service_base
     """`e2urec-service trained-users` (the README's example user) names users with samples in
     the base's training window, never audit users, and drops a user once they ask to be
     forgotten."""
-    from service.bootstrap import is_audit_user, trained_users
+    from service.core.security import is_audit_user
+    from service.domain.bootstrap import trained_users
 
     with fresh_world(service_base, tmp_path) as settings:
         with session_scope(settings.db_url, write=False) as s:

@@ -7,16 +7,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from service.db.models import (
+from service.core.db.models import (
     ForgetRequest,
     JobStatus,
     RequestStatus,
     UnlearningJob,
     utcnow,
 )
-from service.db.session import session_scope
-from service.forget import request_forget
-from service.jobs import (
+from service.core.db.session import session_scope
+from service.domain.forget import request_forget
+from service.domain.jobs import (
     BatchPolicy,
     LeaseLost,
     claim_next_job,
@@ -150,12 +150,12 @@ def test_a_batch_waits_for_the_forget_samples_the_gate_needs_then_falls_back_to_
 ):
     from collections import Counter
 
-    from service.db.models import BaseModel, JobKind
+    from service.core.db.models import BaseModelVersion, JobKind
 
     ratings = Counter(x.user_id for x in small_dataset(users=30, items=30, per_user=8).interactions)
     samples = {u: n - 1 for u, n in ratings.items()}  # a user's first rating has no history
     with session_scope(db) as s:  # the base trained on every rating
-        s.add(BaseModel(path="/nowhere", checksum="0" * 64, is_active=True, metrics={}))
+        s.add(BaseModelVersion(path="/nowhere", checksum="0" * 64, is_active=True, metrics={}))
     need = samples[1] + samples[2] + 1
     assert samples[3] > 1 and samples[4] < need
     policy = BatchPolicy(
@@ -189,7 +189,7 @@ def test_a_batch_waits_for_the_forget_samples_the_gate_needs_then_falls_back_to_
 
 
 def test_the_deployment_policy_waits_for_the_gates_power():
-    from service.settings import Settings
+    from service.core.settings import Settings
 
     settings = Settings(database_url="sqlite://", api_keys={}, user_hash_salt="test-salt-012345")
     needed = settings.gate_min_forget_samples()
@@ -207,8 +207,8 @@ def test_the_purge_spares_a_leased_jobs_folder_and_publish_rechecks_it(db, tmp_p
     import time
 
     from e2urec.atomic import folder_sha256
-    from service.jobs import publish_and_complete
-    from service.registry import active_adapter
+    from service.domain.jobs import publish_and_complete
+    from service.domain.registry import active_adapter
     from tests.service_support import make_settings
     from worker.purge import purge_orphans
 
@@ -244,7 +244,7 @@ def test_the_purge_spares_a_leased_jobs_folder_and_publish_rechecks_it(db, tmp_p
 def test_leases_use_the_databases_clock_not_the_workers(db, monkeypatch):
     """A worker whose clock runs two hours ahead must not write a lease that outlives its
     death by two hours (nor, running behind, one that is already expired)."""
-    import service.jobs as jobs
+    import service.domain.jobs.lease as jobs
 
     ahead = utcnow() + timedelta(hours=2)
     monkeypatch.setattr(jobs, "utcnow", lambda: ahead)
@@ -266,8 +266,8 @@ def test_leases_use_the_databases_clock_not_the_workers(db, monkeypatch):
 def test_a_repeat_request_racing_the_completion_returns_the_completed_one(db, monkeypatch):
     """The repeat reads the user, then the job completes (the user row is deleted) before the
     repeat looks for an open request: it must answer with the completed request, not fail."""
-    import service.forget as forget
-    from service.db.models import Interaction, User
+    import service.domain.forget as forget
+    from service.core.db.models import Interaction, User
 
     _ask(db, 14)
     real = forget.open_request
@@ -298,8 +298,8 @@ def test_queue_metrics_are_aggregated_by_the_database(db):
     rows for 2 jobs as for 12, and the histograms count what they should."""
     from sqlalchemy import event
 
-    from service.db.session import engine_for
-    from service.queue_stats import JOB_BUCKETS, job_stats, open_requests
+    from service.core.db.session import engine_for
+    from service.domain.queue_stats import JOB_BUCKETS, job_stats, open_requests
 
     def scrape() -> tuple[dict, int]:
         rows = []
@@ -340,8 +340,8 @@ def test_queue_metrics_are_aggregated_by_the_database(db):
 
 
 def test_a_failed_job_is_retried_with_backoff_then_given_up_with_an_alert(db):
-    from service.db.models import AuditEntry
-    from service.jobs import auto_retry_failed
+    from service.core.db.models import AuditEntry
+    from service.domain.jobs import auto_retry_failed
 
     _ask(db, 15, 16)
     with session_scope(db) as s:
@@ -381,8 +381,8 @@ def test_a_failed_job_is_retried_with_backoff_then_given_up_with_an_alert(db):
 
 
 def test_a_request_near_its_deadline_gets_a_consolidation(db):
-    from service.db.models import JobKind
-    from service.jobs import deadline_fallback
+    from service.core.db.models import JobKind
+    from service.domain.jobs import deadline_fallback
 
     _ask(db, 17)
     day = 24 * 3600.0

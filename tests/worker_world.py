@@ -14,9 +14,9 @@ from e2urec.data import Catalog, Sample, build_samples
 from e2urec.metrics import log_loss
 from e2urec.model_store import load_model
 from e2urec.scoring import predict_like
-from service.db.models import ForgetRequest
-from service.db.session import session_scope
-from service.registry import register_base
+from service.core.db.models import ForgetRequest
+from service.core.db.session import session_scope
+from service.domain.registry import register_base
 from tests.service_support import (
     make_settings,
     postgres_database,
@@ -45,7 +45,7 @@ class Trained:
 
 
 def train_small_base(root: Path) -> Trained:
-    from service.bootstrap import train_base
+    from service.domain.bootstrap import train_base
 
     dataset = small_dataset(users=60, items=80, per_user=30, seed=7)
     with postgres_database() as url:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from celery import Celery
 from celery.signals import worker_ready, worker_shutdown
 
-from service.settings import Settings, get_settings
-from service.tasks_client import RUN_JOB, TICK
+from service.core.settings import Settings, get_settings
+from service.domain.tasks_client import RUN_JOB, TICK
 
 
 def make_celery(settings: Settings) -> Celery:

@@ -10,10 +10,10 @@ from sqlalchemy.orm import Session
 
 from e2urec.data import Catalog, Sample, SampleConfig, build_samples
 from e2urec.unlearn import UnlearnTask
-from service.bootstrap import is_audit_user
-from service.catalog import dataset_from_db
-from service.db.models import BaseModel, User
-from service.settings import Settings
+from service.core.db.models import BaseModelVersion, User
+from service.core.security import is_audit_user
+from service.core.settings import Settings
+from service.domain.catalog import dataset_from_db
 
 
 @dataclass
@@ -45,7 +45,7 @@ def base_sample_config(recipe: dict) -> SampleConfig:
 
 
 def build_job_data(
-    session: Session, base: BaseModel, forget_users: set[int], settings: Settings, seed: int
+    session: Session, base: BaseModelVersion, forget_users: set[int], settings: Settings, seed: int
 ) -> JobData:
     """Forget: the samples of this job's users that the base trained on. Retain: a random sample
     of everyone else's training samples. Held-out: samples after the base's training window.

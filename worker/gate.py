@@ -16,7 +16,7 @@ from e2urec.metrics import (
     sample_log_loss,
 )
 from e2urec.scoring import predict_like
-from service.settings import Settings
+from service.core.settings import Settings
 
 
 @dataclass

@@ -8,9 +8,9 @@ import threading
 import torch
 from sqlalchemy import update
 
-from service.db.models import WorkerHeartbeat, utcnow
-from service.db.session import session_scope
-from service.settings import Settings
+from service.core.db.models import WorkerHeartbeat, utcnow
+from service.core.db.session import session_scope
+from service.core.settings import Settings
 
 log = logging.getLogger(__name__)
 _stop = threading.Event()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 
-from service.db.session import session_scope
-from service.jobs import LeaseLost, renew_lease
-from service.settings import Settings
+from service.core.db.session import session_scope
+from service.core.settings import Settings
+from service.domain.jobs import LeaseLost, renew_lease
 
 log = logging.getLogger(__name__)
 

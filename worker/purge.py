@@ -12,18 +12,18 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from service import audit
-from service.db.clock import db_now
-from service.db.models import (
+from service.core.db.clock import db_now
+from service.core.db.models import (
     AdapterStatus,
     AdapterVersion,
-    BaseModel,
+    BaseModelVersion,
     JobStatus,
     UnlearningJob,
     utcnow,
 )
-from service.db.session import session_scope
-from service.settings import Settings
+from service.core.db.session import session_scope
+from service.core.settings import Settings
+from service.domain import audit
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,9 @@ def purge_superseded(settings: Settings, *, actor: str = "purge") -> list[str]:
                 to_status=AdapterStatus.purged,
             )
         bases = session.scalars(
-            select(BaseModel).where(BaseModel.is_active.is_(False), BaseModel.purged_at.is_(None))
+            select(BaseModelVersion).where(
+                BaseModelVersion.is_active.is_(False), BaseModelVersion.purged_at.is_(None)
+            )
         ).all()
         for base in bases:
             _remove(base.path)
@@ -104,7 +106,9 @@ def purge_orphans(settings: Settings) -> list[str]:
         }
         live |= {
             str(Path(p).resolve())
-            for p in session.scalars(select(BaseModel.path).where(BaseModel.purged_at.is_(None)))
+            for p in session.scalars(
+                select(BaseModelVersion.path).where(BaseModelVersion.purged_at.is_(None))
+            )
         }
     live.add(str(settings.base_model_path.resolve()))  # bootstrap's folder before registration
     cutoff = time.time() - settings.orphan_grace_seconds

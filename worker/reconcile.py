@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 
-from service.db.session import session_scope
-from service.jobs import (
+from service.core.db.session import session_scope
+from service.core.settings import Settings
+from service.domain.jobs import (
     BatchPolicy,
     auto_retry_failed,
     cut_batch,
@@ -20,8 +21,7 @@ from service.jobs import (
     lock_queue,
     mark_enqueued,
 )
-from service.settings import Settings
-from service.tasks_client import send_run_job
+from service.domain.tasks_client import send_run_job
 from worker.purge import purge_superseded
 
 log = logging.getLogger(__name__)

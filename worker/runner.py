@@ -16,9 +16,10 @@ from e2urec.atomic import folder_sha256
 from e2urec.lora import with_adapter
 from e2urec.model_store import load_model
 from e2urec.unlearn import E2URecConfig, StopRule, e2urec_unlearn
-from service.db.models import AdapterVersion, JobKind, RequestStatus, UnlearningJob, User
-from service.db.session import session_scope
-from service.jobs import (
+from service.core.db.models import AdapterVersion, JobKind, RequestStatus, UnlearningJob, User
+from service.core.db.session import session_scope
+from service.core.settings import Settings
+from service.domain.jobs import (
     LeaseLost,
     Published,
     claim_next_job,
@@ -28,10 +29,9 @@ from service.jobs import (
     hold_lease,
     publish_and_complete,
 )
-from service.model_changes import publish_model_change
-from service.registry import active_adapter, active_base
-from service.settings import Settings
-from service.tasks_client import send_tick
+from service.domain.model_changes import publish_model_change
+from service.domain.registry import active_adapter, active_base
+from service.domain.tasks_client import send_tick
 from worker import heartbeat
 from worker.data import build_job_data
 from worker.gate import quality_gate
@@ -266,7 +266,7 @@ def run_consolidation(
 ) -> str:
     """Retrain the base on what the database holds now (forgotten users are gone, waiting ones
     left out), activate it, and complete the requests of everyone it was trained without."""
-    from service.bootstrap import train_base
+    from service.domain.bootstrap import train_base
 
     lease.progress("prepare", 0, 1, None)
     with session_scope(settings.db_url, write=False) as session:

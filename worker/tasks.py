@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from service.settings import get_settings
-from service.tasks_client import RUN_JOB, TICK
+from service.core.settings import get_settings
+from service.domain.tasks_client import RUN_JOB, TICK
 from worker.app import app
 
 log = logging.getLogger(__name__)

@@ -1,3 +1,4 @@
 from e2urec.cli import app
 
-app()
+if __name__ == "__main__":  # `python -m e2urec.cli`; importing this module runs nothing
+    app()

@@ -55,3 +55,13 @@ def metrics_table(title: str, rows: dict[str, dict[str, float]]) -> Table:
         gauc = f"{m['gauc']:.4f}" if "gauc" in m else "-"
         table.add_row(name, f"{m['auc']:.4f}", gauc, f"{m['acc']:.4f}", f"{m['logloss']:.4f}")
     return table
+
+
+def note_other_data(model, manifest: dict, prepared, consequence: str = "") -> None:
+    """Say so (without stopping) when a model was trained on other prepared data than this."""
+    trained_on = manifest.get("data", {}).get("data_hash")
+    if trained_on and trained_on != prepared.data_hash:
+        err.print(
+            f"[yellow]note:[/] {model} was trained on other data ({trained_on[:12]}), "
+            f"this is {prepared.data_hash[:12]}{consequence}"
+        )

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from e2urec.cli.app import app, console, err, friendly_errors, metrics_table
+from e2urec.cli.app import app, console, friendly_errors, metrics_table, note_other_data
 
 
 def train_model(
@@ -145,12 +145,7 @@ def score(
     if not part:
         raise ValueError(f"the {split} split of {data} is empty")
     backbone, manifest = load_model(model, device=device)
-    trained_on = manifest.get("data", {}).get("data_hash")
-    if trained_on and trained_on != prepared.data_hash:
-        err.print(
-            f"[yellow]note:[/] {model} was trained on other data ({trained_on[:12]}), "
-            f"this is {prepared.data_hash[:12]}"
-        )
+    note_other_data(model, manifest, prepared)
     started = time.perf_counter()
     scores = predict_like(
         backbone,

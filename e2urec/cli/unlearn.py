@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from e2urec.cli.app import app, console, err, friendly_errors
+from e2urec.cli.app import app, console, friendly_errors, note_other_data
 
 
 def _parse_users(users: str | None) -> set[int] | None:
@@ -105,12 +105,7 @@ def unlearn(
     prepared = load_prepared(data)
     splits, catalog = prepared.splits, prepared.catalog
     backbone, manifest = load_model(model, device=device)
-    trained_on = manifest.get("data", {}).get("data_hash")
-    if trained_on and trained_on != prepared.data_hash:
-        err.print(
-            f"[yellow]note:[/] {model} was trained on other data ({trained_on[:12]}), "
-            f"this is {prepared.data_hash[:12]}: the forget users may not be in it"
-        )
+    note_other_data(model, manifest, prepared, ": the forget users may not be in it")
     trained = splits.trained
     if forget_users is None:
         forget_users = set(splits.forget_users)

@@ -30,7 +30,7 @@ class Prompt:
         return self.prefix + self.suffix
 
 
-def _profile_sentence(user: User, subject: str, possessive: str) -> str:
+def _profile_sentence(user: User, possessive: str) -> str:
     parts = []
     if user.gender:
         parts.append(f"The user is a {user.gender}.")
@@ -49,7 +49,7 @@ def _stars(rating: float) -> str:
 def user_prefix(user: User, history: list[tuple[Item, float]], domain: Domain) -> str:
     noun, plural, verb, participle = _WORDS[domain]
     subject, possessive = _PRONOUNS.get(user.gender or "", ("the user", "the user's"))
-    profile = _profile_sentence(user, subject, possessive)
+    profile = _profile_sentence(user, possessive)
     rendered = repr([f"{i}. {item.title} ({_stars(r)})" for i, (item, r) in enumerate(history, 1)])
     head = f"{profile} " if profile else ""
     return (
