@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
+from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 from sqlalchemy import select
 
-from service.api.deps import AdminCaller, ForgetCaller, ReadSession, SettingsDep, WriteSession
+from service.api.deps import (
+    AdminCaller,
+    ForgetCaller,
+    OnForgetAccepted,
+    ReadSession,
+    ServingDep,
+    SettingsDep,
+    WriteSession,
+)
 from service.api.schemas import (
     EXTERNAL_ID,
     UUID_PATTERN,
@@ -43,16 +51,15 @@ def _external_id(session, request: ForgetRequest) -> str | None:
 )
 def forget_user(
     user_id: Annotated[str, Path(pattern=EXTERNAL_ID, description="The user's external id")],
-    request: Request,
     response: Response,
     session: WriteSession,
-    settings: SettingsDep,
+    serving: ServingDep,
+    on_accepted: OnForgetAccepted,
     caller: ForgetCaller,
 ) -> ForgetRequestOut:
     """Accept a deletion request. From this moment the user's history is no longer used in
     serving; their raw interactions stay, quarantined, until an adapter that forgets them is
     serving, and are then deleted. Repeating the request returns the same request (200)."""
-    serving = request.app.state.serving
     try:
         with session.begin():
             forget, created = request_forget(session, user_id, salt=serving.salt, actor=caller.name)
@@ -65,7 +72,7 @@ def forget_user(
     if not created:
         response.status_code = status.HTTP_200_OK
     else:
-        request.app.state.on_forget_accepted(forget.request_id)
+        on_accepted(forget.request_id)
     return body
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Request, Response, Security
+from fastapi import APIRouter, HTTPException, Response, Security
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from service.api.auth import authenticate, bearer
+from service.api.deps import MaybeServing, MetricsDep, ServingDep, SettingsDep
 from service.core.db.session import session_scope
 from service.core.settings import Scope
 
@@ -22,8 +23,7 @@ router = APIRouter(tags=["operations"])
     summary="Liveness: the process answers and its inference loop is alive",
     responses={503: {"description": "The inference loop died and is not running again yet"}},
 )
-def health(request: Request) -> JSONResponse:
-    serving = getattr(request.app.state, "serving", None)
+def health(serving: MaybeServing) -> JSONResponse:
     engine = serving.engine if serving is not None else None
     if engine is not None and engine.dead:
         serving.models.supervise()  # restart it; this answer still reports what was found
@@ -38,11 +38,10 @@ def health(request: Request) -> JSONResponse:
     summary="Readiness: database reachable, catalogue and model loaded",
     responses={503: {"description": "Not ready; the body says which part and why"}},
 )
-def ready(request: Request) -> JSONResponse:
-    serving = request.app.state.serving
+def ready(serving: ServingDep, settings: SettingsDep) -> JSONResponse:
     checks = serving.readiness()
     try:
-        with session_scope(request.app.state.settings.db_url, write=False) as session:
+        with session_scope(settings.db_url, write=False) as session:
             session.execute(text("SELECT 1"))
         checks["database"] = None
     except Exception as exc:
@@ -63,14 +62,12 @@ def ready(request: Request) -> JSONResponse:
     responses={401: {"description": "A key is required"}, 403: {"description": "Wrong scope"}},
 )
 def metrics(
-    request: Request,
+    settings: SettingsDep,
+    registry: MetricsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
 ) -> Response:
-    settings = request.app.state.settings
     if settings.metrics_require_key:
         caller = authenticate(settings, credentials)
         if not caller.scopes & {Scope.metrics, Scope.admin}:
             raise HTTPException(403, "this API key lacks the 'metrics' scope")
-    return Response(
-        generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
-    )
+    return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 
 from e2urec.data.prompts import target_suffix, user_prefix
-from service.api.deps import RecommendCaller, SettingsDep
+from service.api.deps import RecommendCaller, ServingDep, SettingsDep
 from service.api.schemas import (
     EXTERNAL_ID,
     ModelVersionOut,
@@ -129,6 +129,7 @@ def _unpersonalised(
 )
 async def recommend(
     request: Request,
+    serving: ServingDep,
     settings: SettingsDep,
     caller: RecommendCaller,
     user_id: Annotated[str, Query(pattern=EXTERNAL_ID, description="The user's external id")],
@@ -144,7 +145,6 @@ async def recommend(
     flagged ``personalized: false``: none of their data is read."""
     if k > settings.max_k:
         raise HTTPException(422, f"k={k} is too large: at most {settings.max_k}")
-    serving: Serving = request.app.state.serving
     if serving.index is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, serving.catalog_error)
     explicit = _parse_candidates(serving, settings, candidates) if candidates else None
