@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -141,6 +142,25 @@ def prepare_database(url: str, dataset, base_folder: Path | None) -> None:
     if base_folder is not None:
         with session_scope(url) as session:
             register_base(session, base_folder, actor="test")
+
+
+@dataclass
+class ServiceWorld:
+    url: str  # the database
+    base: Path  # the registered base model folder
+    root: Path  # a folder for the test's files
+    dataset: object
+
+
+@contextlib.contextmanager
+def service_world(root: Path, dataset=None) -> Iterator[ServiceWorld]:
+    """The world the service tests share: a throwaway PostgreSQL database holding a small
+    synthetic catalogue and an (untrained) tiny base model registered as active."""
+    dataset = dataset or small_dataset()
+    base = tiny_base_folder(dataset, root / "base")
+    with postgres_database() as url:
+        prepare_database(url, dataset, base)
+        yield ServiceWorld(url, base, root, dataset)
 
 
 def make_settings(url: str, data_dir: Path, **overrides):

@@ -11,20 +11,16 @@ from service.api.main import create_app
 from tests.service_support import (
     ADMIN_KEY,
     make_settings,
-    postgres_database,
-    prepare_database,
+    service_world,
     small_dataset,
-    tiny_base_folder,
 )
 
 
 @pytest.fixture(scope="module")
 def api_schema(tmp_path_factory):
     dataset = small_dataset(users=20, items=30, per_user=10)
-    root = tmp_path_factory.mktemp("schemathesis")
-    with postgres_database() as url:
-        prepare_database(url, dataset, tiny_base_folder(dataset, root / "base"))
-        app = create_app(make_settings(url, root))
+    with service_world(tmp_path_factory.mktemp("schemathesis"), dataset) as world:
+        app = create_app(make_settings(world.url, world.root))
         with TestClient(app):  # runs the lifespan: the model and catalogue are loaded
             yield schemathesis.openapi.from_asgi("/openapi.json", app)
 

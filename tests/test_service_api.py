@@ -21,10 +21,8 @@ from tests.service_support import (
     LiveServer,
     auth,
     make_settings,
-    postgres_database,
-    prepare_database,
+    service_world,
     small_dataset,
-    tiny_base_folder,
 )
 
 
@@ -35,10 +33,8 @@ def dataset():
 
 @pytest.fixture(scope="module")
 def db(dataset, tmp_path_factory):
-    base = tiny_base_folder(dataset, tmp_path_factory.mktemp("models") / "base")
-    with postgres_database() as url:
-        prepare_database(url, dataset, base)
-        yield url
+    with service_world(tmp_path_factory.mktemp("models"), dataset) as world:
+        yield world.url
 
 
 @pytest.fixture(scope="module")

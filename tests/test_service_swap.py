@@ -25,12 +25,9 @@ from tests.service_support import (
     LiveServer,
     auth,
     make_settings,
-    postgres_database,
-    prepare_database,
     random_adapter,
     redis_or_skip,
-    small_dataset,
-    tiny_base_folder,
+    service_world,
     wait_for,
 )
 
@@ -40,12 +37,8 @@ CANDIDATES = "5,6,7,8,9,10"
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    dataset = small_dataset()
-    root = tmp_path_factory.mktemp("swap")
-    base = tiny_base_folder(dataset, root / "base")
-    with postgres_database() as url:
-        prepare_database(url, dataset, base)
-        yield url, base, root
+    with service_world(tmp_path_factory.mktemp("swap")) as w:
+        yield w.url, w.base, w.root
 
 
 def _prompts(url: str, user: str) -> list[Prompt]:
