@@ -267,7 +267,7 @@ class _ScriptedMonitor:
         return self._decide(self, check, reference_auc)
 
 
-def _loop(checks, **config):
+def _loop(checks, reference=None, **config):
     from e2urec.backbones import Backbone
     from e2urec.unlearn.loop import LoopConfig, unlearning_loop
     from e2urec.unlearn.stopping import Check
@@ -298,6 +298,7 @@ def _loop(checks, **config):
         history=history,
         name="test",
         progress=False,
+        reference=reference,
     )
     return stopped, steps, history, model.weight.detach().clone()
 
@@ -314,6 +315,28 @@ def test_the_loop_checks_during_forget_only_epochs_then_repairs_and_keeps_the_be
     assert history[-1]["kept"]["forget_loss"] == pytest.approx(0.67)
     # the weights are those of the kept check (after 4 steps), not of the last step (6)
     assert 0.3 < float(weight.mean()) < 0.5
+
+
+def test_keep_best_keeps_the_untouched_model_when_training_only_moved_away_from_the_level():
+    """A user the model never memorised: the untouched model already sat at the held-out level
+    (forget 0.58 vs 0.57); training overshot (0.80 vs 0.60). The loop ends where it began."""
+    from e2urec.unlearn.stopping import Check
+
+    stopped, steps, history, weight = _loop(
+        [(0.80, 0.60, 0.7)],
+        reference=Check(0.58, 0.57, 0.7),
+        forget_only_epochs=0,
+        checks_per_epoch=1,
+        keep_best=True,
+    )
+    assert steps == [True, True]  # it did train (one epoch of two batches) before judging
+    assert history[-1]["kept"]["epoch"] == 0 and "kept the check" in stopped
+    assert float(weight.abs().max()) == 0.0  # the untouched weights, not the trained ones
+    # Without the reference, the same run keeps what it trained.
+    _, _, _, trained = _loop(
+        [(0.80, 0.60, 0.7)], forget_only_epochs=0, checks_per_epoch=1, keep_best=True
+    )
+    assert float(trained.mean()) > 0.1
 
 
 def test_without_keep_best_the_loop_stops_at_the_level_as_before():

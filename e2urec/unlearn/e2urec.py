@@ -227,6 +227,7 @@ def e2urec_unlearn(
             cfg=cfg.loop(len(task.forget)),
             history=history,
             name="e2urec",
+            reference=reference,
             progress=progress,
             on_step=lambda epoch, i, n, loss: report(
                 "unlearn", (epoch - 1) * n + i, cfg.stop.max_epochs * n, loss

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from e2urec.backbones import Backbone
 from e2urec.training import bucketed_batches
-from e2urec.unlearn.stopping import Monitor, StopRule
+from e2urec.unlearn.stopping import Check, Monitor, StopRule
 
 # (forget sample indices, retain sample indices or None during forget-only epochs) -> loss
 StepFn = Callable[[list[int], list[int] | None], torch.Tensor]
@@ -78,10 +78,14 @@ def unlearning_loop(
     name: str,
     progress: bool = True,
     on_step: ProgressFn | None = None,
+    reference: Check | None = None,
 ) -> str:
     """Train ``trainable`` with ``step`` until the stop rule fires; returns why it stopped.
 
     ``keep`` selects the state-dict entries snapshotted for a revert (the adapter's, or all).
+    ``reference`` is the check of the untouched model: with ``keep_best`` it is a candidate too,
+    so a model that already sat at the held-out level (a user it never memorised) is not
+    pushed past it and kept there.
     """
     model = view.model
     rng = random.Random(cfg.seed)
@@ -92,6 +96,9 @@ def unlearning_loop(
 
     good = snapshot()
     best: tuple[float, dict[str, torch.Tensor], dict] | None = None  # (distance, state, check)
+    if cfg.keep_best and reference is not None:
+        untouched = {"epoch": 0, "batch": 0, "mixed": False, **reference.as_dict()}
+        best = (abs(reference.gap - cfg.stop.forget_margin), good, untouched)
     repair_left: int | None = None  # counting down once the repair phase began
     begun = ""  # why the repair phase began
 
