@@ -73,8 +73,8 @@ def work_flops(shape: ModelShape, w: Work) -> float:
 
 def measure(backbone_spec: str, world: dict, cfg: dict) -> dict:
     """Time and meter one Original training, one E2URec run and serving on ``backbone_spec``."""
-    from e2urec.backbones import load_backbone
     from e2urec.encoding import encode_shared_prefix
+    from e2urec.pipeline import load_base
     from e2urec.scoring import predict_like, prefix_cached_like
     from e2urec.training import TrainConfig, train_llmrec
     from e2urec.unlearn.base import UnlearnTask
@@ -82,8 +82,7 @@ def measure(backbone_spec: str, world: dict, cfg: dict) -> dict:
     from e2urec.unlearn.stopping import StopRule
 
     catalog, splits = world["catalog"], world["splits"]
-    corpus = catalog.tokenizer_corpus(splits.train) if backbone_spec == "tiny" else None
-    bb = load_backbone(backbone_spec, corpus=corpus, device="cpu")
+    bb = load_base(backbone_spec, catalog, splits.train, device="cpu", seed=0)
     shape = ModelShape.of(bb.model, backbone_spec)
     meter = WorkMeter().attach(bb.model)
     stages: dict[str, dict] = {}

@@ -45,9 +45,9 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 def prepare(data_dir: Path, users: int, items: int, backbone: str = "tiny") -> None:
     """A synthetic catalogue and an untrained base (``tiny``) or the pretrained one as it comes:
     speed does not depend on the weights' values."""
-    from e2urec.backbones import load_backbone
     from e2urec.data import Catalog, SampleConfig, SyntheticConfig, generate_synthetic, make_splits
     from e2urec.model_store import save_model
+    from e2urec.pipeline import load_base
     from service.cli import migrate_database
     from service.core.db.session import session_scope
     from service.domain.importer import import_dataset
@@ -61,8 +61,7 @@ def prepare(data_dir: Path, users: int, items: int, backbone: str = "tiny") -> N
     )
     catalog = Catalog.of(dataset)
     splits = make_splits(dataset, SampleConfig(max_samples=None, forget_fraction=0.0))
-    corpus = catalog.tokenizer_corpus(splits.train) if backbone in ("tiny", "tiny-t5") else None
-    base = load_backbone(backbone, corpus=corpus, device="cpu")
+    base = load_base(backbone, catalog, splits.train, device="cpu", seed=0)
     save_model(base, data_dir / "models" / "base", {"kind": "bench-base"}, overwrite=True)
     migrate_database(url)
     with session_scope(url) as session:

@@ -41,7 +41,7 @@ def train_and_save(
     evaluate_on: dict[str, Sequence[Sample]],
     cfg: TrainConfig,
     out: Path,
-    manifest: Callable[[Trained], dict],
+    manifest: dict,
     *,
     device: str | None = None,
     overwrite: bool = False,
@@ -50,8 +50,8 @@ def train_and_save(
     log: Log = print,
 ) -> Trained:
     """Train ``spec`` on ``train`` (early stopping on ``valid``; ``[]`` for a fixed schedule),
-    score every split of ``evaluate_on``, and save the model with ``manifest(trained)`` plus the
-    training record at ``out`` (atomically)."""
+    score every split of ``evaluate_on``, and save the model with ``manifest`` plus the training
+    record (config, steps, time, metrics) at ``out`` (atomically)."""
     if out.exists() and not overwrite:  # fail before an hour of training, not after
         raise FileExistsError(f"{out} already exists; choose another folder or pass --force")
     backbone = load_base(spec, catalog, train, device=device, seed=cfg.seed)
@@ -86,5 +86,5 @@ def train_and_save(
         },
         "metrics": metrics,
     }
-    save_model(backbone, out, {**record, **manifest(trained)}, overwrite=overwrite)
+    save_model(backbone, out, {**record, **manifest}, overwrite=overwrite)
     return trained

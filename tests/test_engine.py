@@ -154,6 +154,29 @@ def test_a_failed_smoke_test_keeps_the_old_adapter(world, tmp_path):
     assert list(engine.backbone.model.peft_config) == ["v1"]  # the failed one was removed
 
 
+def test_an_adapter_for_another_base_is_refused_before_the_model_is_touched(world, tmp_path):
+    """The slot checks every LoRA tensor against the base's modules first: an adapter whose
+    shapes do not fit is refused, and the serving model is not even wrapped by peft."""
+    from peft import PeftModel
+
+    backbone, requests = world
+    files = read_adapter(_random_adapter(backbone, 1, tmp_path / "a"))
+    files.state_dict = {
+        k: torch.zeros(v.shape[0], v.shape[1] + 1) if "lora_A" in k else v
+        for k, v in files.state_dict.items()
+    }  # as if trained on a model with a wider hidden size
+    engine = _engine(backbone)
+    try:
+        before = engine.submit(*requests[0]).result(timeout=30)
+        with pytest.raises(SwapError, match="does not fit this base model"):
+            engine.swap_adapter(files, ModelVersion(1, 1)).result(timeout=30)
+        after = engine.submit(*requests[0]).result(timeout=30)
+    finally:
+        engine.stop()
+    assert not isinstance(engine.backbone.model, PeftModel)
+    assert after.version == before.version and after.scores == before.scores
+
+
 def test_a_changed_adapter_folder_is_refused(world, tmp_path):
     backbone, _ = world
     folder = _random_adapter(backbone, 1, tmp_path / "a")

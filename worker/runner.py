@@ -178,18 +178,16 @@ def run_unlearning(settings: Settings, job_id: int, owner: str, attempt: int, le
         complete_untrained(metrics)
         return f"job {job_id}: its users had no training samples; data deleted, nothing trained"
 
-    cfg = E2URecConfig(
-        # the forget-only phase leaves at least one epoch for the repair (and fits short runs)
-        forget_only_epochs=min(E2URecConfig.forget_only_epochs, settings.unlearn_max_epochs - 1),
-        min_steps_per_epoch=settings.unlearn_min_steps,
-        # The checks score every held-out sample; at 4 per epoch they were over half of a
-        # 100-user job on CPU (217 of 400 s).
-        checks_per_epoch=settings.unlearn_checks_per_epoch,
-        stop=StopRule(
+    cfg = E2URecConfig.within(
+        StopRule(
             max_epochs=settings.unlearn_max_epochs,
             max_valid_auc_drop=settings.gate_max_auc_drop,
             eval_samples=settings.valid_samples,  # all of them: the gate's samples
         ),
+        min_steps_per_epoch=settings.unlearn_min_steps,
+        # The checks score every held-out sample; at 4 per epoch they were over half of a
+        # 100-user job on CPU (217 of 400 s).
+        checks_per_epoch=settings.unlearn_checks_per_epoch,
         seed=job_id,
     )
     folder = settings.adapter_dir / f"job-{job_id}-attempt-{attempt}"

@@ -34,7 +34,7 @@ def train_model(
         {"valid": splits.valid, "test": splits.test},
         cfg,
         out,
-        lambda _: {
+        {
             "kind": "llmrec-original",
             "data": {
                 "path": str(data),

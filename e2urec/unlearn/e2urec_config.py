@@ -119,13 +119,25 @@ class E2URecConfig:
     def paper(cls, **overrides) -> E2URecConfig:
         """The paper's setting: fixed alpha = 2, one forget-only epoch, then mixed epochs until
         the stop rule fires (the ablation row of the benchmark)."""
-        settings = {
-            "calibrate_strength": False,
-            "lr": 1e-3,
-            "forget_only_epochs": 1,
-            "repair_fraction": 0.0,
-            "keep_best": False,
-            "min_steps_per_epoch": 0,
-            "checks_per_epoch": 1,
-        }
-        return cls(**(settings | overrides))
+        return cls(**(_PAPER | overrides))
+
+    @classmethod
+    def within(cls, stop: StopRule, *, paper: bool = False, **overrides) -> E2URecConfig:
+        """The (paper's, or this project's) settings for a budget of ``stop.max_epochs``: the
+        forget-only phase is cut to leave at least one mixed epoch for the repair, so a short
+        budget (a CLI run, a worker's ``E2UREC_UNLEARN_MAX_EPOCHS``) is not refused."""
+        default = _PAPER["forget_only_epochs"] if paper else cls.forget_only_epochs
+        wanted = overrides.pop("forget_only_epochs", default)
+        make = cls.paper if paper else cls
+        return make(stop=stop, forget_only_epochs=min(wanted, stop.max_epochs - 1), **overrides)
+
+
+_PAPER = {
+    "calibrate_strength": False,
+    "lr": 1e-3,
+    "forget_only_epochs": 1,
+    "repair_fraction": 0.0,
+    "keep_best": False,
+    "min_steps_per_epoch": 0,
+    "checks_per_epoch": 1,
+}

@@ -71,13 +71,8 @@ def _finetune(fn) -> Run:
 
 
 def _e2urec(*, paper: bool = False, **settings) -> Run:
-    make = E2URecConfig.paper if paper else E2URecConfig
-
     def run(original: Backbone, task: UnlearnTask, o: RunOptions) -> UnlearnResult:
-        # a short budget keeps one mixed epoch for the repair (as the worker does)
-        forget_only = 1 if paper else E2URecConfig.forget_only_epochs
-        forget_only = min(forget_only, o.stop.max_epochs - 1)
-        cfg = make(stop=o.stop, seed=o.seed, forget_only_epochs=forget_only, **settings)
+        cfg = E2URecConfig.within(o.stop, paper=paper, seed=o.seed, **settings)
         return e2urec_unlearn(original, task, cfg, out=o.out, progress=o.progress)
 
     return run

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from e2urec.data import Catalog, SampleConfig, make_splits
-from e2urec.pipeline import Trained, train_and_save
+from e2urec.pipeline import train_and_save
 from e2urec.training import recipe_for
 from service.core.db.models import BaseModelVersion, Interaction, User
 from service.core.db.session import session_scope
@@ -105,15 +105,6 @@ def train_base(
     train_cfg = recipe_default.config(epochs=epochs, lr=lr, seed=seed)
     canaries = [s for s in splits.train if s.user_id in (memorise_users or set())]
     started = time.perf_counter()
-
-    def manifest(trained: Trained) -> dict:
-        recipe.update(
-            seconds=time.perf_counter() - started,
-            stopped=trained.result.stopped,
-            metrics=trained.metrics,
-        )
-        return {"kind": "e2urec-service-base", **recipe}
-
     recipe = {
         "backbone": backbone,
         "sample_config": asdict(config),
@@ -128,7 +119,7 @@ def train_base(
         "train_until": max(s.timestamp for s in splits.train),
         "users": len(dataset.users),
     }
-    train_and_save(
+    trained = train_and_save(
         backbone,
         catalog,
         splits.train + canaries * (repeat - 1),
@@ -136,13 +127,18 @@ def train_base(
         {"valid": splits.valid, "test": splits.test},
         train_cfg,
         out,
-        manifest,
+        {"kind": "e2urec-service-base", **recipe},
         device=settings.device,
         progress=progress,
         on_step=on_step,
         log=log,
     )
-    metrics = recipe["metrics"]
+    recipe |= {
+        "seconds": time.perf_counter() - started,
+        "stopped": trained.result.stopped,
+        "metrics": trained.metrics,
+    }
+    metrics = trained.metrics
     log(
         f"trained in {recipe['seconds']:.0f}s: valid AUC {metrics['valid']['auc']:.4f}, "
         f"test AUC {metrics['test']['auc']:.4f}"
