@@ -20,7 +20,7 @@ from typing import Annotated
 
 import typer
 
-from bench.common import ROOT, machine
+from bench.common import ROOT, command_line, machine
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -142,7 +142,7 @@ def main(
         "history": history,
         "backbones": rows,
         "commands": commands,
-        "bench_command": "python " + shlex.join(sys.argv),
+        "bench_command": command_line(),
         "machine": machine(),
     }
     (out / "backbones.json").write_text(json.dumps(result, indent=2))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import signal
 import subprocess
 import sys
@@ -56,6 +57,19 @@ def stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+
+
+def command_line(skip: tuple[str, ...] = ()) -> str:
+    """How this bench was run, as a reader would type it again: ``python -m bench.NAME ...``
+    (under ``-m``, ``sys.argv[0]`` is the file's absolute path)."""
+    script = Path(sys.argv[0])
+    head = (
+        f"python -m bench.{script.stem}"
+        if script.parent == ROOT / "bench"
+        else "python " + str(script)
+    )
+    args = [a for a in sys.argv[1:] if a not in skip]
+    return " ".join([head, shlex.join(args)]) if args else head
 
 
 def machine() -> str:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -32,7 +31,7 @@ from typing import Annotated
 import torch
 import typer
 
-from bench.common import machine
+from bench.common import command_line, machine
 from bench.flops import LLAMA_7B, SMOLLM2_135M, T5_BASE, ModelShape
 from bench.work_meter import Work, WorkMeter
 
@@ -347,7 +346,7 @@ def main(
             "e2urec": "product defaults (E2URecConfig()): upper end of the schedule, 1 "
             "augmentation round",
         },
-        "command": "python " + " ".join(sys.argv),
+        "command": command_line(),
         "machine": machine(),
     }
     (out / "cost_model.json").write_text(json.dumps(result, indent=2))

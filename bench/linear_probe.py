@@ -13,8 +13,6 @@ fine-tuned model does not, the recipe is what fails, not the model. Writes ``pro
 from __future__ import annotations
 
 import json
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -26,7 +24,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
-from bench.common import machine
+from bench.common import command_line, machine
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -113,7 +111,7 @@ def main(
         print(spec, rows[spec], flush=True)
     result = {
         "rows": rows,
-        "command": "python " + shlex.join(sys.argv),
+        "command": command_line(),
         "machine": machine(),
     }
     out.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import random
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Annotated
 import torch
 import typer
 
-from bench.common import machine
+from bench.common import command_line, machine
 from bench.flops import ModelShape, forward_flops, train_flops
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -240,7 +239,7 @@ def main(
         "matmul_peak_gflops": {k: v / 1e9 for k, v in peak.items()},
         "train_step": rows,
         "scoring": scoring,
-        "command": "python " + " ".join(sys.argv),
+        "command": command_line(),
         "machine": machine(),
     }
     (out / "llm_speed.json").write_text(json.dumps(result, indent=2))

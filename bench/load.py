@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import threading
 import time
 import uuid
@@ -23,18 +22,19 @@ from typing import Annotated
 import httpx
 import typer
 
-from bench.common import ROOT, clean_env, machine, start_api, stop
-from tests.service_support import (  # dev helpers shared with the tests
+from bench.common import ROOT, clean_env, command_line, machine, start_api, stop
+from service.testing import (
+    ADMIN_KEY,
     KEYS,
     make_settings,
-    postgres_database,
     prepare_database,
     random_adapter,
     small_dataset,
+    throwaway_database,
     tiny_base_folder,
 )
 
-ADMIN = next(k for k, scopes in KEYS.items() if "admin" in scopes)
+ADMIN = ADMIN_KEY
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
@@ -263,6 +263,9 @@ def main(
     users: int = 1000,
     port: int = 8767,
     redis_url: str = "redis://127.0.0.1:6379/0",
+    pg: Annotated[str, typer.Option(help="PostgreSQL admin URL")] = (
+        "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+    ),
     impatient_timeout: Annotated[
         float, typer.Option(help="the server's score timeout in the impatient-clients phase")
     ] = 1.5,
@@ -275,7 +278,7 @@ def main(
     dataset = small_dataset(users=users, items=400, per_user=20, seed=4)
     base = tiny_base_folder(dataset, work / "base")
     results: dict = {}
-    with postgres_database() as url:
+    with throwaway_database(pg) as url:
         prepare_database(url, dataset, base)
         settings = make_settings(url, work / "data", redis_url=redis_url, adapter_poll_seconds=30.0)
         versions = []
@@ -370,7 +373,7 @@ def main(
             print("impatient clients:", results["impatient"], flush=True)
         finally:
             stop(proc)
-    command = "python " + " ".join(sys.argv)
+    command = command_line()
     out.mkdir(parents=True, exist_ok=True)
     (out / "load.json").write_text(json.dumps({"command": command, **results}, indent=2))
     r, f, m = results["recommend"], results["forget"], results["during_swaps"]

@@ -25,7 +25,6 @@ import json
 import platform
 import random
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Annotated
 import torch
 import typer
 
+from bench.common import command_line
 from e2urec.backbones import load_backbone
 from e2urec.data import Catalog, Sample, SampleConfig, Splits, load_dataset, make_splits
 from e2urec.evaluate import evaluate
@@ -506,7 +506,7 @@ def main(
     }
     out.mkdir(parents=True, exist_ok=True)
     results: dict[int, dict[str, dict]] = {}
-    command = "python " + " ".join(a for a in sys.argv if a != "--resume")
+    command = command_line(skip=("--resume",))
     saved = out / "results.json"
     if resume and saved.is_file():
         previous = json.loads(saved.read_text())

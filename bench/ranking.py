@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -31,7 +29,7 @@ import typer
 from scipy import sparse
 from tqdm.auto import tqdm
 
-from bench.common import machine
+from bench.common import command_line, machine
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -151,7 +149,7 @@ def main(
         "score_spread_median": spreads,
         "rerank_seconds": seconds,
         "data": str(data),
-        "command": "python " + shlex.join(sys.argv),
+        "command": command_line(),
         "machine": machine(),
     }
     out.mkdir(parents=True, exist_ok=True)

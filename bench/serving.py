@@ -15,7 +15,6 @@ import json
 import random
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -23,7 +22,7 @@ from typing import Annotated
 import httpx
 import typer
 
-from bench.common import clean_env, machine, start_api, stop
+from bench.common import clean_env, command_line, machine, start_api, stop
 
 KEY = "bench-key-0123456789abcdef"
 CONFIGS = {
@@ -162,7 +161,7 @@ def main(
                 )
         finally:
             stop(proc)
-    command = "python " + " ".join(sys.argv)
+    command = command_line()
     out.mkdir(parents=True, exist_ok=True)
     (out / "serving.json").write_text(
         json.dumps({"command": command, "backbone": backbone, "results": results}, indent=2)

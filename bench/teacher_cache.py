@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 import typer
 
+from bench.common import command_line
 from e2urec.backbones import load_backbone
 from e2urec.data import Catalog, SampleConfig, load_dataset, make_splits
 from e2urec.scoring import predict_like
@@ -90,7 +90,7 @@ def main(
     )
     total_speedup = median("every step", "total_seconds") / median("cached", "total_seconds")
     gap = float(np.abs(scores["cached"] - scores["every step"]).max())
-    command = "python " + " ".join(sys.argv)
+    command = command_line()
     out.mkdir(parents=True, exist_ok=True)
     (out / "teacher_cache.json").write_text(
         json.dumps(

@@ -25,10 +25,9 @@ from typing import Annotated
 
 import httpx
 import typer
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
-from bench.common import clean_env, machine, start, stop
+from bench.common import clean_env, command_line, machine, start, stop
+from service.testing import throwaway_database
 
 KEY = "bench-key-0123456789abcdef"
 # The salt picks the audit users (never trained on): the base and the stack must share it.
@@ -86,25 +85,6 @@ def train_once(
     recipe["salt"] = SALT
     recipe_file.write_text(json.dumps(recipe, default=str))
     return recipe
-
-
-def fresh_database(admin_url: str) -> str:
-    name = f"e2urec_bench_{uuid.uuid4().hex[:10]}"
-    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
-    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-
-
-def drop_database(admin_url: str, url: str) -> None:
-    from service.core.db.session import dispose_all
-
-    dispose_all()
-    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
-    engine.dispose()
 
 
 def populate(url: str, work: Path, users: int, items: int, per_user: int, recipe: dict) -> None:
@@ -259,12 +239,9 @@ def main(
 
     results = []
     for n in sizes:
-        url = fresh_database(pg)
-        try:
+        with throwaway_database(pg) as url:
             populate(url, work, users, items, per_user, recipe)
             r = run_batch(n, url, work, redis_url, port)
-        finally:
-            drop_database(pg, url)
         results.append(r)
         print(
             f"{n} users: accepted in {r['accept_seconds']:.1f}s, completed after "
@@ -273,7 +250,7 @@ def main(
             f"(job {r['job_seconds']:.1f}s, {r['forget_samples']} forget samples)",
             flush=True,
         )
-    command = "python " + " ".join(sys.argv)
+    command = command_line()
     out.mkdir(parents=True, exist_ok=True)
     (out / "worker_e2e.json").write_text(
         json.dumps(

@@ -139,10 +139,6 @@ class CandidateIndex:
             self._by_hash = {hash_of(e): k for k, e in enumerate(self._external_ids)}
         return self._by_hash
 
-    def excluded(self, user_id: int) -> bool:
-        row = self._user_row.get(user_id)
-        return row is None or self._w[row] == 0.0
-
     # -- candidates ----------------------------------------------------------------------------
     def popular(self, n: int) -> list[Candidate]:
         with self._lock:
