@@ -53,3 +53,33 @@ def test_the_check_itself_catches_a_forbidden_import():
         "fastapi.routing",
         "service.serving.engine",
     ]
+
+
+def imported_names(source: str) -> set[str]:
+    """Every module a piece of source imports, at any depth (function-local imports included)."""
+    import ast
+
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+    return names
+
+
+def test_benches_and_the_product_never_import_the_tests():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    files = [p for d in ("bench", "e2urec", "service", "worker") for p in (root / d).rglob("*.py")]
+    assert any(p.parent.name == "bench" for p in files)
+    leaks = {
+        str(p.relative_to(root)): sorted(
+            offending(sorted(imported_names(p.read_text())), ("tests",))
+        )
+        for p in files
+    }
+    assert {f: m for f, m in leaks.items() if m} == {}
+    # and the scan would see one, function-local or not
+    assert offending(sorted(imported_names("def f():\n    from tests.x import y\n")), ("tests",))
