@@ -43,6 +43,7 @@ def train_once(
     epochs: int,
     memorise: set[int] | None = None,
     repeat: int = 1,
+    backbone: str = "tiny",
 ) -> dict:
     """The catalogue and a trained base, kept in ``work`` across runs."""
     from e2urec.data import SyntheticConfig, generate_synthetic
@@ -55,6 +56,8 @@ def train_once(
     recipe_file = work / "recipe.json"
     if recipe_file.exists():
         recipe = json.loads(recipe_file.read_text())
+        if recipe.get("backbone", "tiny") != backbone:
+            raise SystemExit(f"{work} holds a {recipe.get('backbone', 'tiny')} base: delete it")
         if recipe.get("salt") != SALT:
             raise SystemExit(
                 f"{work} holds a base trained with another salt (other audit users): delete it"
@@ -72,9 +75,9 @@ def train_once(
     recipe = train_base(
         settings,
         work / "base",
-        backbone="tiny",
+        backbone=backbone,
         epochs=epochs,
-        lr=3e-3,
+        lr=3e-3 if backbone == "tiny" else None,  # a pretrained LLM takes its own recipe's
         samples=0,
         seed=0,
         log=print,
@@ -83,6 +86,7 @@ def train_once(
         early_stop=not memorise,
     )
     recipe["salt"] = SALT
+    recipe["backbone"] = backbone
     recipe_file.write_text(json.dumps(recipe, default=str))
     return recipe
 
@@ -104,7 +108,15 @@ def populate(url: str, work: Path, users: int, items: int, per_user: int, recipe
         register_base(session, work / "base", actor="bench", metrics=recipe)
 
 
-def run_batch(n: int, url: str, work: Path, redis_url: str, port: int) -> dict:
+def run_batch(
+    n: int,
+    url: str,
+    work: Path,
+    redis_url: str,
+    port: int,
+    settings: dict[str, str],
+    timeout: float,
+) -> dict:
     data_dir = work / f"run-{n}-{uuid.uuid4().hex[:6]}"
     data_dir.mkdir()
     private = uuid.uuid4().hex[:8]
@@ -119,6 +131,7 @@ def run_batch(n: int, url: str, work: Path, redis_url: str, port: int) -> dict:
         E2UREC_MODEL_CHANNEL=f"bench:{private}",
         E2UREC_BATCH_SIZE=str(n),
         E2UREC_TICK_SECONDS="2",
+        **{f"E2UREC_{k.upper()}": v for k, v in settings.items()},
     )
     celery = [sys.executable, "-m", "celery", "-A", "worker.app"]
     queues = f"bench.{private}.unlearning,bench.{private}.control"
@@ -151,7 +164,7 @@ def run_batch(n: int, url: str, work: Path, redis_url: str, port: int) -> dict:
     base = f"http://127.0.0.1:{port}"
     headers = {"Authorization": f"Bearer {KEY}"}
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 300  # a pretrained LLM loads and probes for a while
         while True:
             try:
                 if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
@@ -170,7 +183,10 @@ def run_batch(n: int, url: str, work: Path, redis_url: str, port: int) -> dict:
             ids.append(r.json()["request_id"])
         accepted = time.perf_counter() - started
         adapter, failed = None, None
+        deadline = time.monotonic() + timeout
         while adapter is None and failed is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no job ended within {timeout:.0f}s: see {data_dir}")
             view = client.get("/admin/queue").json()
             job = view["recent_jobs"][0] if view["recent_jobs"] else None
             if job and job["status"] == "failed":
@@ -182,6 +198,8 @@ def run_batch(n: int, url: str, work: Path, redis_url: str, port: int) -> dict:
         serving = float("nan")
         if failed is None:
             while client.get("/ready").json()["model_version"] != f"base-1/adapter-{adapter}":
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"adapter {adapter} never served: see {data_dir}")
                 time.sleep(0.1)
             serving = time.perf_counter() - started
             statuses = {client.get(f"/forget/requests/{i}").json()["status"] for i in ids}
@@ -193,6 +211,7 @@ def run_batch(n: int, url: str, work: Path, redis_url: str, port: int) -> dict:
     m = job["metrics"]
     return {
         "users": n,
+        "settings": settings,
         "status": "published" if failed is None else f"refused: {failed}",
         "accept_seconds": accepted,
         "completed_seconds": completed,
@@ -207,6 +226,14 @@ def run_batch(n: int, url: str, work: Path, redis_url: str, port: int) -> dict:
         "augment": m.get("augment", {}),
         "alpha": m.get("alpha"),
     }
+
+
+def settings_note(overrides: dict[str, str]) -> str:
+    if not overrides:
+        return ""
+    return (
+        " (service settings changed: " + ", ".join(f"`{k}={v}`" for k, v in overrides.items()) + ")"
+    )
 
 
 @app.command()
@@ -224,6 +251,17 @@ def main(
         str, typer.Option(help="'paper' (early-stopped base) or 'memorising' (see above)")
     ] = "memorising",
     repeat: int = 4,
+    backbone: Annotated[
+        str,
+        typer.Option(help="'tiny', or 'smollm2-135m' (a real LLM: shrink the job with --setting)"),
+    ] = "tiny",
+    setting: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="a service setting for the stack, NAME=VALUE (e.g. valid_samples=100); repeatable"
+        ),
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="seconds a batch may take")] = 3600.0,
     pg: Annotated[str, typer.Option(help="PostgreSQL admin URL")] = (
         "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
     ),
@@ -233,15 +271,21 @@ def main(
     sizes = batches or [10, 100]
     if regime not in ("paper", "memorising"):
         raise typer.BadParameter("choose 'paper' or 'memorising'", param_hint="--regime")
+    overrides = {}
+    for item in setting or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise typer.BadParameter(f"{item!r}: write NAME=VALUE", param_hint="--setting")
+        overrides[name.strip().lower()] = value.strip()
     memorise = set(range(1, max(sizes) + 1)) if regime == "memorising" else None
-    work = work / regime  # a base per regime
-    recipe = train_once(work, users, items, per_user, epochs, memorise, repeat)
+    work = work / f"{regime}-{backbone}"  # a base per regime and backbone
+    recipe = train_once(work, users, items, per_user, epochs, memorise, repeat, backbone)
 
     results = []
     for n in sizes:
         with throwaway_database(pg) as url:
             populate(url, work, users, items, per_user, recipe)
-            r = run_batch(n, url, work, redis_url, port)
+            r = run_batch(n, url, work, redis_url, port, overrides, timeout)
         results.append(r)
         print(
             f"{n} users: accepted in {r['accept_seconds']:.1f}s, completed after "
@@ -259,10 +303,11 @@ def main(
     )
     lines = [
         f"From the first `POST /forget` to the adapter that forgets the batch serving, through "
-        f"the real stack (uvicorn API, Celery worker and beat, Redis, PostgreSQL), tiny backbone "
-        f"on the CPU. Synthetic catalogue: {users} users, {items} items, {per_user} ratings "
-        f"each; base trained {recipe.get('seconds', 0):.0f}s on {recipe.get('train_samples')} "
-        f"samples ({regime} regime: {recipe.get('memorised_users', 0)} users seen "
+        f"the real stack (uvicorn API, Celery worker and beat, Redis, PostgreSQL), `{backbone}` "
+        f"backbone on the CPU{settings_note(overrides)}. Synthetic catalogue: {users} users, "
+        f"{items} items, {per_user} ratings each; base trained {recipe.get('seconds', 0):.0f}s "
+        f"on {recipe.get('train_samples')} samples ({regime} regime: "
+        f"{recipe.get('memorised_users', 0)} users seen "
         f"{recipe.get('repeat', 1)}x an epoch, early stopping "
         f"{'on' if recipe.get('early_stop', True) else 'off'}). Held-out loss and the attack "
         "use the audit users (never trained on, same period); the attack sets one threshold "
