@@ -15,7 +15,7 @@ from e2urec.lora import attention_qv_targets
 from e2urec.training import TrainConfig, train_llmrec
 from e2urec.unlearn import E2URecConfig, StopRule, UnlearnTask, e2urec_unlearn
 from service.core.settings import Settings
-from worker.gate import quality_gate
+from worker.gate import membership_check, quality_gate
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +87,25 @@ def test_the_gate_refuses_a_noop_and_passes_a_real_deletion(memorised):
     )
     assert real.passed, (real.reasons, real.metrics, result.history)
     assert real.metrics["mia_auc_after"] < noop.metrics["mia_auc_after"]
+
+
+def test_a_user_unfamiliar_before_unlearning_passes_unless_unlearning_pushed_further():
+    settings = _settings()
+    n_f, n_a = 40, 300
+    bounds: dict = {}
+    assert membership_check(0.5, 0.5, n_f, n_a, settings, bounds) == []
+    threshold, floor = bounds["mia_threshold"], bounds["mia_floor"]
+    assert 0.5 < threshold < 0.75 and floor == pytest.approx(1 - threshold)
+
+    # forgot too little, or overshot from a normal start: refused as before
+    assert "above" in membership_check(0.7, threshold + 0.01, n_f, n_a, settings, {})[0]
+    assert "below" in membership_check(0.55, floor - 0.01, n_f, n_a, settings, {})[0]
+
+    # atypical users: already below the band on the untouched model (quick start's user 150)
+    low = floor - 0.05
+    out: dict = {}
+    assert membership_check(low, low, n_f, n_a, settings, out) == []  # kept as it was
+    assert out["mia_floor"] == low
+    assert membership_check(low, low + 0.04, n_f, n_a, settings, {}) == []  # moved to 0.5
+    pushed = membership_check(low, low - 0.01, n_f, n_a, settings, {})
+    assert pushed and "even less familiar" in pushed[0]

@@ -45,8 +45,7 @@ def quality_gate(
     noise), so a deletion that forgot fails with probability at most ``gate_false_alarm``, and a
     no-op on users memorised to ``gate_memorised_mia`` fails with probability ``mia_power``
     (at least ``gate_power`` once the batch holds ``settings.gate_min_forget_samples()``). An AUC
-    far *below* 0.5 fails too: forget samples that look less familiar than never-seen data
-    single their users out just as well."""
+    far *below* 0.5 fails too when unlearning put it there (see :func:`membership_check`)."""
     if not audit:
         raise ValueError(
             "no audit samples to check the forget set against: set E2UREC_AUDIT_FRACTION > 0 "
@@ -77,22 +76,59 @@ def quality_gate(
             f"validation AUC fell {drop:.4f} (from {out['valid_auc_before']:.4f} to "
             f"{out['valid_auc_after']:.4f}), more than {settings.gate_max_auc_drop}"
         )
-    mia = out["mia_auc_after"]
-    n_f, n_a = len(forget), len(audit)
-    threshold = mia_threshold(n_f, n_a, settings.gate_mia_band, settings.gate_false_alarm)
-    floor = 1.0 - threshold  # the same test, for a forget set made to look *less* familiar
-    out["mia_auc_standard_error"] = auc_standard_error(mia, n_f, n_a)
-    out["mia_threshold"] = threshold
-    out["mia_power"] = mia_test_power(
-        settings.gate_memorised_mia, n_f, n_a, settings.gate_mia_band, settings.gate_false_alarm
+    reasons += membership_check(
+        out["mia_auc_before"], out["mia_auc_after"], len(forget), len(audit), settings, out
     )
-    if not floor <= mia <= threshold:
-        reasons.append(
-            f"membership inference AUC {mia:.3f} is outside [{floor:.3f}, {threshold:.3f}] "
-            f"(0.5 +- {settings.gate_mia_band} plus noise for {n_f} forget and {n_a} held-out "
-            "samples): the forget set still looks different from never-trained data"
-        )
     out["forget_samples"] = float(len(forget))
     out["audit_samples"] = float(len(audit))
     out["valid_samples"] = float(len(valid))
     return GateResult(not reasons, reasons, out)
+
+
+def membership_check(
+    before: float, after: float, n_forget: int, n_audit: int, settings: Settings, out: dict
+) -> list[str]:
+    """The attack's verdict on the new model: reasons to refuse it (none: it passes), with the
+    bounds it used written into ``out``.
+
+    Above ``mia_threshold`` the forget set still looks familiar: refused. Below the mirror
+    bound (``1 - threshold``) it looks *less* familiar than never-seen data, which singles its
+    users out as well, but only unlearning that pushed it there is refused: users whose
+    samples already looked that unfamiliar to the model before unlearning (atypical users the
+    base never fitted) pass as long as the new model leaves them no further below than the
+    old one did. Refusing them would fail their deletion for a trait of their data that no
+    adapter can change, and keep them quarantined forever."""
+    threshold = mia_threshold(n_forget, n_audit, settings.gate_mia_band, settings.gate_false_alarm)
+    floor = min(1.0 - threshold, before)
+    out["mia_auc_standard_error"] = auc_standard_error(after, n_forget, n_audit)
+    out["mia_threshold"] = threshold
+    out["mia_floor"] = floor
+    out["mia_power"] = mia_test_power(
+        settings.gate_memorised_mia,
+        n_forget,
+        n_audit,
+        settings.gate_mia_band,
+        settings.gate_false_alarm,
+    )
+    noise = (
+        f"0.5 +- {settings.gate_mia_band} plus noise for {n_forget} forget and {n_audit} "
+        "held-out samples"
+    )
+    if after > threshold:
+        return [
+            f"membership inference AUC {after:.3f} is above {threshold:.3f} ({noise}): the "
+            "forget set still looks more familiar than never-trained data"
+        ]
+    if after < floor:
+        if floor < 1.0 - threshold:
+            return [
+                f"membership inference AUC {after:.3f} fell below the untouched model's "
+                f"{before:.3f}: unlearning made the forget set look even less familiar than "
+                "never-trained data, which singles its users out"
+            ]
+        return [
+            f"membership inference AUC {after:.3f} is below {floor:.3f} ({noise}): unlearning "
+            "made the forget set look less familiar than never-trained data, which singles its "
+            "users out"
+        ]
+    return []
