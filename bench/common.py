@@ -72,6 +72,12 @@ def command_line(skip: tuple[str, ...] = ()) -> str:
     return " ".join([head, shlex.join(args)]) if args else head
 
 
+def stop_cleanly_on_sigterm() -> None:
+    """Turn SIGTERM (``kill``, ``timeout``) into SystemExit, so a stopped bench still runs its
+    ``finally`` blocks: the API and worker processes it started stop, its database is dropped."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 def machine() -> str:
     device = "CUDA " + torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     return f"{platform.platform()}, {os.cpu_count()} CPUs, {device}"

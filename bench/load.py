@@ -22,7 +22,15 @@ from typing import Annotated
 import httpx
 import typer
 
-from bench.common import ROOT, clean_env, command_line, machine, start_api, stop
+from bench.common import (
+    ROOT,
+    clean_env,
+    command_line,
+    machine,
+    start_api,
+    stop,
+    stop_cleanly_on_sigterm,
+)
 from service.testing import (
     ADMIN_KEY,
     KEYS,
@@ -274,6 +282,7 @@ def main(
     from service.core.db.models import AdapterStatus, AdapterVersion
     from service.core.db.session import session_scope
 
+    stop_cleanly_on_sigterm()
     work = ROOT / "runs" / f"bench-load-{uuid.uuid4().hex[:6]}"
     dataset = small_dataset(users=users, items=400, per_user=20, seed=4)
     base = tiny_base_folder(dataset, work / "base")

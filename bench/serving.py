@@ -22,7 +22,7 @@ from typing import Annotated
 import httpx
 import typer
 
-from bench.common import clean_env, command_line, machine, start_api, stop
+from bench.common import clean_env, command_line, machine, start_api, stop, stop_cleanly_on_sigterm
 
 KEY = "bench-key-0123456789abcdef"
 CONFIGS = {
@@ -140,6 +140,7 @@ def main(
     k: int = 10,
     port: int = 8765,
 ) -> None:
+    stop_cleanly_on_sigterm()
     levels = concurrency or [1, 8]
     work = work or Path(f"runs/bench-serving-{backbone}")
     prepare(work, users=users, items=users * 4 // 3, backbone=backbone)

@@ -16,8 +16,10 @@ when every request is completed and ``/ready`` reports the new adapter. Writes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -26,7 +28,7 @@ from typing import Annotated
 import httpx
 import typer
 
-from bench.common import clean_env, command_line, machine, start, stop
+from bench.common import clean_env, command_line, machine, start, stop, stop_cleanly_on_sigterm
 from service.testing import throwaway_database
 
 KEY = "bench-key-0123456789abcdef"
@@ -108,6 +110,49 @@ def populate(url: str, work: Path, users: int, items: int, per_user: int, recipe
         register_base(session, work / "base", actor="bench", metrics=recipe)
 
 
+class HealthWatch:
+    """Polls ``/health`` once a second from its own thread while a batch runs: how responsive
+    the API stays while a worker trains on the same cores."""
+
+    def __init__(self, base: str):
+        self.base = base
+        self.latencies: list[float] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.base, timeout=300) as client:
+            while not self._stop.is_set():
+                started = time.perf_counter()
+                try:
+                    r = client.get("/health")
+                    if r.status_code != 200:
+                        self.failures.append(f"{r.status_code}")
+                except httpx.HTTPError as exc:
+                    self.failures.append(repr(exc))
+                self.latencies.append(time.perf_counter() - started)
+                self._stop.wait(1.0)
+
+    def __enter__(self) -> HealthWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(320)
+
+    def summary(self) -> dict:
+        ordered = sorted(self.latencies) or [float("nan")]
+        return {
+            "polls": len(self.latencies),
+            "failed": len(self.failures),
+            "p50_ms": ordered[len(ordered) // 2] * 1000,
+            "max_ms": ordered[-1] * 1000,
+            "over_1s": sum(t > 1.0 for t in self.latencies),
+        }
+
+
 def run_batch(
     n: int,
     url: str,
@@ -163,6 +208,7 @@ def run_batch(
     ]
     base = f"http://127.0.0.1:{port}"
     headers = {"Authorization": f"Bearer {KEY}"}
+    stack = contextlib.ExitStack()
     try:
         deadline = time.monotonic() + 300  # a pretrained LLM loads and probes for a while
         while True:
@@ -174,7 +220,11 @@ def run_batch(
             if time.monotonic() > deadline:
                 raise RuntimeError("the API did not become ready")
             time.sleep(0.2)
-        client = httpx.Client(base_url=base, timeout=30, headers=headers)
+        # A long timeout: on a real LLM the API shares two cores with the training worker, and
+        # how slow it gets is what HealthWatch measures, not a reason to abandon the batch.
+        client = httpx.Client(base_url=base, timeout=300, headers=headers)
+        watch = HealthWatch(base)
+        stack.enter_context(watch)
         started = time.perf_counter()
         ids = []
         for user in range(1, n + 1):
@@ -205,7 +255,9 @@ def run_batch(
             statuses = {client.get(f"/forget/requests/{i}").json()["status"] for i in ids}
             assert statuses == {"completed"}, statuses
         job = client.get(f"/admin/jobs/{job['id']}").json()
+        stack.close()  # the watch stops before the processes do
     finally:
+        stack.close()
         for proc in procs:
             stop(proc)
     m = job["metrics"]
@@ -217,6 +269,7 @@ def run_batch(
         "completed_seconds": completed,
         "serving_seconds": serving,
         "job_seconds": job["duration_seconds"],
+        "health_while_running": watch.summary(),
         "forget_samples": m["forget_samples"],
         "retain_samples": m["retain_samples"],
         "stage_seconds": m["stage_seconds"],
@@ -268,6 +321,7 @@ def main(
     redis_url: str = "redis://127.0.0.1:6379/0",
     port: int = 8766,
 ) -> None:
+    stop_cleanly_on_sigterm()
     sizes = batches or [10, 100]
     if regime not in ("paper", "memorising"):
         raise typer.BadParameter("choose 'paper' or 'memorising'", param_hint="--regime")
@@ -333,6 +387,13 @@ def main(
             f"{g['mia_auc_before']:.3f} -> {g['mia_auc_after']:.3f} "
             f"({g.get('mia_threshold', float('nan')):.3f}) |"
         )
+    lines += [""] + [
+        f"`/health` while the {r['users']}-user batch ran (polled each second from another "
+        f"thread): {h['polls']} polls, {h['failed']} failed, median {h['p50_ms']:.0f} ms, "
+        f"slowest {h['max_ms']:.0f} ms, {h['over_1s']} over 1 s."
+        for r in results
+        if (h := r.get("health_while_running"))
+    ]
     lines += [
         "",
         f"Command: `{command}`",
