@@ -267,7 +267,7 @@ class _ScriptedMonitor:
         return self._decide(self, check, reference_auc)
 
 
-def _loop(checks, reference=None, **config):
+def _loop(checks, reference=None, autocast_seen: list[bool] | None = None, **config):
     from e2urec.backbones import Backbone
     from e2urec.unlearn.loop import LoopConfig, unlearning_loop
     from e2urec.unlearn.stopping import Check
@@ -281,6 +281,8 @@ def _loop(checks, reference=None, **config):
 
     def step(idx, ridx):
         steps.append(ridx is not None)  # True: a mixed step
+        if autocast_seen is not None:
+            autocast_seen.append(torch.is_autocast_enabled("cpu"))
         return -model.weight.sum()  # every step moves the weight up by about lr
 
     cfg = LoopConfig(lr=0.1, batch_size=4, stop=monitor.rule, **config)
@@ -343,6 +345,18 @@ def test_without_keep_best_the_loop_stops_at_the_level_as_before():
     checks = [(0.50, 0.66, 0.7), (0.67, 0.66, 0.7)]
     stopped, steps, _, _ = _loop(checks, forget_only_epochs=0, checks_per_epoch=1)
     assert steps == [True] * 4 and "reached the held-out level" in stopped
+
+
+def test_bf16_steps_run_under_autocast_only_where_the_hardware_multiplies_bfloat16():
+    from e2urec.training import fast_bf16
+
+    checks = [(0.67, 0.66, 0.7)]
+    seen: list[bool] = []
+    _loop(checks, autocast_seen=seen, forget_only_epochs=0, checks_per_epoch=1, bf16=True)
+    assert seen and all(s == fast_bf16(torch.device("cpu")) for s in seen)
+    seen.clear()
+    _loop(checks, autocast_seen=seen, forget_only_epochs=0, checks_per_epoch=1)
+    assert seen and not any(seen)  # float32 unless asked
 
 
 def test_loop_settings_that_would_silently_disable_the_stop_rule_are_refused():

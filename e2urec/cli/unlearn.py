@@ -123,17 +123,17 @@ def unlearn(
     heldout = splits.heldout or [s for s in splits.valid if s.user_id not in forget_users]
     heldout = rng.sample(heldout, min(len(forget), len(heldout)))
     task = UnlearnTask(catalog, retain, forget, splits.valid, heldout=splits.heldout or None)
+    train_config = TrainConfig(**manifest["train_config"]) if "train_config" in manifest else None
     options = RunOptions(
         stop=StopRule(
             max_epochs=max_epochs, max_valid_auc_drop=max_auc_drop, eval_samples=check_samples
         ),
         seed=seed,
         base_spec=manifest.get("backbone"),
-        train_config=TrainConfig(**manifest["train_config"])
-        if "train_config" in manifest
-        else None,
+        train_config=train_config,
         train=trained,
         valid=splits.valid,
+        bf16=train_config.bf16 if train_config is not None else False,  # as it was trained
     )
     chosen.check(options)
     console.print(

@@ -81,6 +81,7 @@ def train_augmented(
             lora_r=cfg.lora_r,
             lora_alpha=cfg.lora_alpha,
             lora_dropout=0.0,
+            bf16=cfg.bf16,
             seed=cfg.seed,
         ),
         progress=progress,

@@ -35,6 +35,7 @@ class FinetuneConfig:
     stop: StopRule = field(default_factory=lambda: StopRule(max_epochs=3))
     seed: int = 0
     eval_batch_size: int = 128
+    bf16: bool = False  # bfloat16 autocast for the steps (see LoopConfig.bf16)
 
     def __post_init__(self) -> None:
         self.loop()  # the loop's own checks, before any training starts
@@ -46,6 +47,7 @@ class FinetuneConfig:
             checks_per_epoch=self.checks_per_epoch,
             stop=self.stop,
             seed=self.seed,
+            bf16=self.bf16,
         )
 
 

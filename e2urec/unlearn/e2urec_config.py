@@ -18,8 +18,9 @@ class E2URecConfig:
     lora_alpha: int = 32
     """peft's LoRA scaling numerator (scale = lora_alpha / lora_r); not the paper's alpha."""
     lora_dropout: float = 0.05
-    target_modules: list[str] | None = None
-    """Modules the LoRA adapts; default the attention query/value projections."""
+    target_modules: Literal["qv", "all-linear"] | list[str] | None = None
+    """Modules the LoRA adapts: "qv" (the default, None: the attention query/value projections,
+    the paper's student), "all-linear" (every linear layer but the LM head), or module names."""
 
     # -- the forgetting teacher: orig - strength * relu(aug - orig) --
     forget_strength: float = 2.0
@@ -73,6 +74,9 @@ class E2URecConfig:
     epochs."""
     seed: int = 0
     eval_batch_size: int = 128
+    bf16: bool = False
+    """Autocast the augmented model's and the student's steps to bfloat16 where the hardware has
+    it (teachers and checks stay float32): what the backbone's training recipe says."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.remember_weight <= 1.0:
@@ -113,6 +117,7 @@ class E2URecConfig:
             seed=self.seed,
             repair_steps=math.ceil(self.repair_fraction * steps_per_epoch),
             keep_best=self.keep_best,
+            bf16=self.bf16,
         )
 
     @classmethod

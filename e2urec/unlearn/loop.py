@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from e2urec.backbones import Backbone
-from e2urec.training import bucketed_batches
+from e2urec.training import autocast, bucketed_batches
 from e2urec.unlearn.stopping import Check, Monitor, StopRule
 
 # (forget sample indices, retain sample indices or None during forget-only epochs) -> loss
@@ -47,8 +47,16 @@ class LoopConfig:
     # At the end, restore the checked state whose forget loss sat closest to the held-out level
     # (among those within the AUC bound) instead of the last one.
     keep_best: bool = False
+    # Autocast each step's forward to bfloat16 where the hardware has it (the backbone's recipe
+    # decides, as for its training); checks stay float32, so the stop rule compares like with like.
+    bf16: bool = False
 
     def __post_init__(self) -> None:
+        if not self.lr > 0 or self.batch_size < 1:
+            raise ValueError(
+                f"lr must be > 0 and batch_size >= 1, got lr {self.lr}, batch_size "
+                f"{self.batch_size}"
+            )
         if self.checks_per_epoch < 1:
             raise ValueError(
                 f"checks_per_epoch must be at least 1, got {self.checks_per_epoch}: without "
@@ -124,7 +132,8 @@ def unlearning_loop(
         for i, idx in enumerate(bar, start=1):
             mixed = not forget_only or repair_left is not None
             ridx = rng.sample(range(n_retain), min(cfg.batch_size, n_retain)) if mixed else None
-            loss = step(idx, ridx)
+            with autocast(view.device, cfg.bf16):
+                loss = step(idx, ridx)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
             optimizer.step()
