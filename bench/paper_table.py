@@ -38,8 +38,8 @@ from e2urec.backbones import load_backbone
 from e2urec.data import Catalog, Sample, SampleConfig, Splits, load_dataset, make_splits
 from e2urec.evaluate import evaluate
 from e2urec.metrics import distribution_distance
-from e2urec.training import TrainConfig, train_llmrec
-from e2urec.unlearn import METHODS, RunOptions, StopRule, UnlearnTask
+from e2urec.training import SCRATCH_PRESETS, TrainConfig, recipe_for, train_llmrec
+from e2urec.unlearn import METHODS, E2URecConfig, RunOptions, StopRule, UnlearnTask
 
 # The paper's row order: the Original ("do nothing"), then the registry's methods.
 ORDER = ["original", *METHODS]
@@ -74,7 +74,9 @@ def prepare(args: dict, seed: int) -> World:
     catalog = Catalog.of(dataset)
     rng = random.Random(seed)
     test = rng.sample(splits.test, min(args["eval_samples"], len(splits.test)))
-    train_cfg = TrainConfig(
+    # The backbone's recipe (all weights for the from-scratch presets; a merged LoRA, answer
+    # objective and bfloat16 for a pretrained LLM), with the table's epochs and lr.
+    train_cfg = recipe_for(args["backbone"]).config(
         epochs=args["epochs"], lr=args["lr"], seed=seed, max_valid_samples=args["valid_samples"]
     )
     if memorising:
@@ -95,7 +97,9 @@ def prepare(args: dict, seed: int) -> World:
     return World(splits, catalog, test, heldout, task, splits.train, splits.valid, train_cfg)
 
 
-def run_seed(args: dict, seed: int, progress: bool) -> dict[str, dict]:
+def run_seed(args: dict, seed: int, progress: bool, partial: Path | None = None) -> dict[str, dict]:
+    """One seed's rows. ``partial``: rewritten after each row, so a run stopped midway (a slow
+    backbone) still leaves what it measured."""
     world = prepare(args, seed)
     splits, catalog, task, train_cfg = world.splits, world.catalog, world.task, world.train_cfg
     corpus = catalog.tokenizer_corpus(splits.train)
@@ -131,6 +135,8 @@ def run_seed(args: dict, seed: int, progress: bool) -> dict[str, dict]:
             + f", {seconds:.0f}s",
             flush=True,
         )
+        if partial is not None:
+            partial.write_text(json.dumps({"seed": seed, "rows": rows}, indent=2, default=str))
         return forget_lp
 
     n = original.parameter_count()
@@ -144,6 +150,7 @@ def run_seed(args: dict, seed: int, progress: bool) -> dict[str, dict]:
             base_spec=args["backbone"],
             train_config=train_cfg,
             valid=world.valid,
+            bf16=train_cfg.bf16,
         ),
     )
     reference = record(
@@ -173,6 +180,8 @@ def run_seed(args: dict, seed: int, progress: bool) -> dict[str, dict]:
         train_config=train_cfg,
         train=world.original_train,
         valid=world.valid,
+        bf16=train_cfg.bf16,
+        e2urec_overrides=args.get("e2urec_settings", {}),
     )
     for name in args["methods"]:
         result = METHODS[name](original, task, options)
@@ -426,6 +435,26 @@ def write_plot(results: dict[int, dict[str, dict]], out: Path) -> None:
     fig.savefig(out / "time_vs_jsd.png", dpi=120)
 
 
+def _parse_settings(given: list[str]) -> dict[str, object]:
+    """``NAME=VALUE`` pairs as E2URecConfig overrides, checked before anything trains."""
+    settings: dict[str, object] = {}
+    for item in given:
+        name, sep, raw = item.partition("=")
+        if not sep or not name:
+            raise typer.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--e2urec-setting")
+        try:
+            settings[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            settings[name] = raw  # a bare word: "all-linear"
+    try:
+        E2URecConfig.within(StopRule(), **settings)
+    except (TypeError, ValueError) as error:
+        raise typer.BadParameter(
+            f"{error}; the names are E2URecConfig's fields", param_hint="--e2urec-setting"
+        ) from None
+    return settings
+
+
 @app.command()
 def main(
     out: Annotated[Path, typer.Option(help="results folder")],
@@ -447,12 +476,19 @@ def main(
     samples: Annotated[int, typer.Option(help="last N samples of the protocol")] = 20_000,
     backbone: str = "tiny",
     epochs: Annotated[
-        int, typer.Option(help="epochs for Original, Retrain and shards (paper: at most)")
-    ] = 5,
+        int | None,
+        typer.Option(
+            help="epochs for Original, Retrain and shards (paper: at most 5; default: 5 for "
+            "the from-scratch presets, the recipe's 1 for a pretrained LLM)"
+        ),
+    ] = None,
     valid_samples: Annotated[
         int, typer.Option(help="validation subsample for early stopping")
     ] = 1000,
-    lr: float = 2e-3,
+    lr: Annotated[
+        float | None,
+        typer.Option(help="default: 2e-3 from scratch, the recipe's for a pretrained LLM"),
+    ] = None,
     unlearn_epochs: int = 4,
     max_auc_drop: Annotated[
         float, typer.Option(help="stop rule: revert when validation AUC falls more than this")
@@ -463,6 +499,13 @@ def main(
     ] = 1000,
     seeds: Annotated[list[int] | None, typer.Option(help="one run per seed")] = None,
     methods: Annotated[list[str] | None, typer.Option(help="subset of methods to run")] = None,
+    e2urec_setting: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="NAME=VALUE: an E2URecConfig field for every E2URec row (a smaller budget on a "
+            "slow backbone), e.g. min_steps_per_epoch=20; VALUE is read as JSON, else a string"
+        ),
+    ] = None,
     progress: bool = True,
     resume: Annotated[
         bool, typer.Option(help="keep the seeds already in OUT/results.json and run the rest")
@@ -479,8 +522,15 @@ def main(
             + ", ".join(runnable),
             param_hint="--methods",
         )
+    e2urec_settings = _parse_settings(e2urec_setting or [])
+    if backbone in SCRATCH_PRESETS:  # the paper's schedule: at most 5 epochs at 2e-3
+        epochs = 5 if epochs is None else epochs
+        lr = 2e-3 if lr is None else lr
     # The uncached variant differs only in speed: bench/teacher_cache.py measures that alone.
-    all_methods = [m for m in ORDER if m not in ("original", "retrain", "e2urec (uncached)")]
+    skip = ["original", "retrain", "e2urec (uncached)"]
+    if backbone in SCRATCH_PRESETS:  # the pretrained recipe's LoRA targets: for such a backbone
+        skip.append("e2urec (all-linear)")
+    all_methods = [m for m in ORDER if m not in skip]
     if regime == "memorising":
         # The sharded methods retrain whole shard models: exact by construction, and at 4
         # shards each would cost more than Retrain here. Ask for them with --methods.
@@ -504,6 +554,8 @@ def main(
         "eval_samples": eval_samples,
         "methods": methods or all_methods,
     }
+    if e2urec_settings:  # recorded only when given: earlier results files stay resumable
+        args["e2urec_settings"] = e2urec_settings
     out.mkdir(parents=True, exist_ok=True)
     results: dict[int, dict[str, dict]] = {}
     command = command_line(skip=("--resume",))
@@ -522,7 +574,8 @@ def main(
         if seed in results:
             continue
         started = time.perf_counter()
-        results[seed] = run_seed(args, seed, progress)
+        results[seed] = run_seed(args, seed, progress, partial=out / f"seed-{seed}.partial.json")
+        (out / f"seed-{seed}.partial.json").unlink()
         print(f"seed {seed} done in {time.perf_counter() - started:.0f}s", flush=True)
         (out / "results.json").write_text(
             json.dumps(

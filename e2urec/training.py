@@ -94,6 +94,10 @@ _PRETRAINED = Recipe(
     {
         "lora": True,
         "lora_targets": "all-linear",
+        # peft's dropout copies the input of each of the 210 adapted layers: a step took 10 s
+        # with 0.05 against 5 s without (8 ML-1M prompts, bf16, 2 cores); one epoch hardly
+        # needs the regularisation.
+        "lora_dropout": 0.0,
         "bf16": True,
         "objective": "answer",
         "epochs": 1,
@@ -107,8 +111,11 @@ _PRETRAINED = Recipe(
 )
 
 
+SCRATCH_PRESETS = ("tiny", "tiny-t5")  # backbones built from a config and trained from scratch
+
+
 def recipe_for(backbone_spec: str) -> Recipe:
-    return _SCRATCH if backbone_spec in ("tiny", "tiny-t5") else _PRETRAINED
+    return _SCRATCH if backbone_spec in SCRATCH_PRESETS else _PRETRAINED
 
 
 @dataclass

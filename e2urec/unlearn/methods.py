@@ -7,9 +7,10 @@ exactly when it is valid in the other.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from e2urec.backbones import Backbone
 from e2urec.data.samples import Sample
@@ -35,6 +36,12 @@ class RunOptions:
     train_config: TrainConfig | None = None  # how it was trained
     train: Sequence[Sample] | None = None  # what it was trained on (the shards split it)
     valid: Sequence[Sample] | None = None  # early stopping when retraining ([]: fixed schedule)
+    # bfloat16 autocast for every method's training steps where the hardware has it: what the
+    # backbone's recipe says (e2urec.training.recipe_for), as for the original's own training.
+    bf16: bool = False
+    # E2URecConfig fields that override an E2URec entry's own (a smaller budget on a slow
+    # backbone, say); checked by E2URecConfig before any work. The other methods ignore them.
+    e2urec_overrides: Mapping[str, Any] = field(default_factory=dict)
 
 
 Run = Callable[[Backbone, UnlearnTask, RunOptions], UnlearnResult]
@@ -65,14 +72,16 @@ _RETRAINS = ("base_spec", "train_config")
 
 def _finetune(fn) -> Run:
     def run(original: Backbone, task: UnlearnTask, o: RunOptions) -> UnlearnResult:
-        return fn(original, task, FinetuneConfig(stop=o.stop, seed=o.seed), progress=o.progress)
+        cfg = FinetuneConfig(stop=o.stop, seed=o.seed, bf16=o.bf16)
+        return fn(original, task, cfg, progress=o.progress)
 
     return run
 
 
 def _e2urec(*, paper: bool = False, **settings) -> Run:
     def run(original: Backbone, task: UnlearnTask, o: RunOptions) -> UnlearnResult:
-        cfg = E2URecConfig.within(o.stop, paper=paper, seed=o.seed, **settings)
+        given = {"bf16": o.bf16, **settings, **o.e2urec_overrides}
+        cfg = E2URecConfig.within(o.stop, paper=paper, seed=o.seed, **given)
         return e2urec_unlearn(original, task, cfg, out=o.out, progress=o.progress)
 
     return run
@@ -144,6 +153,11 @@ _ALL = [
         "e2urec (lora aug)",
         "ablation: the augmented model as a merged LoRA",
         _e2urec(aug_mode="lora"),
+    ),
+    Method(
+        "e2urec (all-linear)",
+        "ablation: the student's LoRA on every linear layer, as a pretrained LLM is fine-tuned",
+        _e2urec(target_modules="all-linear", lora_dropout=0.0),  # dropout: 2x a step (recipe)
     ),
     Method(
         "e2urec (w 0.3)",
