@@ -15,6 +15,7 @@ Every row reports real (unpadded) tokens per second, the FLOPs those tokens cost
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import random
 import time
@@ -173,7 +174,7 @@ def main(
     from peft import LoraConfig, get_peft_model
 
     from e2urec.backbones import load_backbone
-    from e2urec.lora import attention_qv_targets
+    from e2urec.lora import attention_qv_targets, lora_config
 
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -188,6 +189,7 @@ def main(
     real_tokens = sum(map(len, encoded))
     target_positions = len(bb.format.yes_ids)
     flops = sum(train_flops(shape, len(e), target_positions) for e in encoded)
+    base = copy.deepcopy(bb.model)  # untouched, for the recipe's LoRA below
     model = get_peft_model(
         bb.model,
         LoraConfig(
@@ -215,6 +217,21 @@ def main(
             f"{setting.name}: {row['seconds_per_sample']:.3f} s/sample, "
             f"{row['tokens_per_s']:.0f} tok/s, {row['share_of_matmul_peak']:.0%} of peak"
         )
+    # The training recipe's LoRA (e2urec.training: every linear layer) at the best setting, with
+    # and without peft's dropout, which copies the input of every adapted layer.
+    best = Setting("recipe", "sdpa", False, True, bf16=True)
+    recipe = []
+    for dropout in (0.05, 0.0):
+        tuned = get_peft_model(
+            copy.deepcopy(base),
+            lora_config(base, r=lora_r, alpha=2 * lora_r, dropout=dropout, targets="all-linear"),
+        )
+        seconds, _ = time_setting(tuned, bb.format, encoded, labels, best, batch_size, seed)
+        recipe.append({"lora_dropout": dropout, "seconds_per_sample": seconds / samples})
+        print(
+            f"recipe LoRA, all linear layers, dropout {dropout}: {seconds / samples:.3f} s/sample"
+        )
+        del tuned
     model.set_attn_implementation("sdpa")
     score_flops = sum(forward_flops(shape, len(e), 1) for e in encoded)
     scoring = []
@@ -238,6 +255,7 @@ def main(
         "threads": threads,
         "matmul_peak_gflops": {k: v / 1e9 for k, v in peak.items()},
         "train_step": rows,
+        "recipe_lora": recipe,
         "scoring": scoring,
         "command": command_line(),
         "machine": machine(),
@@ -270,6 +288,16 @@ def render(r: dict) -> str:
             f"{row['tokens_per_s']:.0f} | {row['padding_share']:.0%} | "
             f"{row['gflops_per_s']:.0f} | {row['share_of_matmul_peak']:.0%} ({row['dtype']}) |"
         )
+    if r.get("recipe_lora"):
+        lines += [
+            "",
+            "The training recipe's LoRA (every linear layer, r16) at the best setting above:",
+            "",
+            "| LoRA dropout | s / sample |",
+            "|---|---|",
+        ]
+        for row in r["recipe_lora"]:
+            lines.append(f"| {row['lora_dropout']} | {row['seconds_per_sample']:.3f} |")
     lines += ["", "Scoring (forward only, LM head at the answer, length-sorted batches of 32):", ""]
     lines += ["| dtype | s / sample | tokens / s | of matmul peak |", "|---|---|---|---|"]
     for row in r["scoring"]:

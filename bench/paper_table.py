@@ -528,8 +528,8 @@ def main(
         lr = 2e-3 if lr is None else lr
     # The uncached variant differs only in speed: bench/teacher_cache.py measures that alone.
     skip = ["original", "retrain", "e2urec (uncached)"]
-    if backbone in SCRATCH_PRESETS:  # the pretrained recipe's LoRA targets: for such a backbone
-        skip.append("e2urec (all-linear)")
+    if backbone in SCRATCH_PRESETS:  # variants for a pretrained recipe's base
+        skip += ["e2urec (answer)", "e2urec (all-linear)"]
     all_methods = [m for m in ORDER if m not in skip]
     if regime == "memorising":
         # The sharded methods retrain whole shard models: exact by construction, and at 4

@@ -132,8 +132,33 @@ def test_the_stop_rule_takes_its_loss_level_from_heldout_and_its_auc_from_valid(
     assert plain.heldout_loss != pytest.approx(check.heldout_loss)
 
 
+def test_answer_only_distillation_keeps_p_yes_and_leaves_the_rest_of_the_vocabulary_out():
+    from types import SimpleNamespace
+
+    from e2urec.scoring import yes_probability
+    from e2urec.unlearn.e2urec import answer_only
+
+    fmt = SimpleNamespace(yes_token=3, no_token=7)
+    torch.manual_seed(0)
+    orig, aug = torch.randn(5, 12), torch.randn(5, 12)
+    narrowed = answer_only(orig, fmt)
+    torch.testing.assert_close(yes_probability(narrowed, fmt), yes_probability(orig, fmt))
+    mass = torch.softmax(narrowed, -1)[:, [3, 7]].sum(-1)
+    torch.testing.assert_close(mass, torch.ones(5))  # a two-token distribution
+    # The forgetting teacher built from narrowed tables pushes only on the answer: its P(yes)
+    # depends on the two answer logits alone, whatever the rest of the vocabulary did.
+    wild = aug.clone()
+    wild[:, [0, 1, 2]] += 50.0  # the augmented model moved unrelated tokens a lot
+    calm = forced_logits(narrowed, answer_only(aug, fmt), alpha=4.0)
+    noisy = forced_logits(narrowed, answer_only(wild, fmt), alpha=4.0)
+    torch.testing.assert_close(yes_probability(calm, fmt), yes_probability(noisy, fmt))
+    everything = forced_logits(orig, wild, alpha=4.0)  # over the vocabulary it does not
+    assert not torch.allclose(yes_probability(calm, fmt), yes_probability(everything, fmt))
+
+
 @pytest.mark.slow
-def test_cached_teachers_give_the_same_update_as_running_them(trained):
+@pytest.mark.parametrize("distill", ["vocab", "answer"])
+def test_cached_teachers_give_the_same_update_as_running_them(trained, distill):
     original, task = trained
     small = UnlearnTask(task.catalog, task.retain[:200], task.forget[:96], task.valid[:100])
     stop = StopRule(max_epochs=2, max_valid_auc_drop=1.0, eval_samples=50)
@@ -146,6 +171,7 @@ def test_cached_teachers_give_the_same_update_as_running_them(trained):
             stop=stop,
             forget_only_epochs=1,
             min_steps_per_epoch=0,
+            distill=distill,
         )
         result = e2urec_unlearn(original, small, cfg, progress=False)
         runs[cache] = predict_like(result.backbone, [small.catalog.prompt(s) for s in small.forget])

@@ -34,7 +34,7 @@ from peft import get_peft_model
 
 from e2urec.adapter_files import AdapterFiles, write_adapter
 from e2urec.backbones import Backbone
-from e2urec.encoding import answer_logits, collate, encode_prompts, target_loss
+from e2urec.encoding import answer_logits, answer_loss, collate, encode_prompts, target_loss
 from e2urec.lora import load_lora_state, lora_config, trainable_copy, with_adapter
 from e2urec.unlearn.augmented import answer_log_loss, calibrated_alpha, train_augmented
 from e2urec.unlearn.base import PeakMemory, UnlearnResult, UnlearnTask
@@ -73,6 +73,16 @@ def student_model(base: Backbone, cfg: E2URecConfig, init: AdapterFiles | None):
     if init is not None:
         load_lora_state(student, init.state_dict, source=f"the adapter at {init.path}")
     return student
+
+
+def answer_only(logits: torch.Tensor, fmt) -> torch.Tensor:
+    """Answer-position logits with every column but the two answer tokens set far below them:
+    each softmax then covers P(yes) against P(no) alone, and the tables and functions built for
+    the whole vocabulary work unchanged."""
+    cols = [fmt.no_token, fmt.yes_token]
+    masked = torch.full_like(logits, -1e4)
+    masked[:, cols] = logits[:, cols]
+    return masked
 
 
 def e2urec_loss(
@@ -148,9 +158,12 @@ def e2urec_unlearn(
         report("teachers", 0, 1, None)
         teacher_losses: dict[str, float] = {}
         alpha = cfg.forget_strength
+        narrow = (lambda x: answer_only(x, fmt)) if cfg.distill == "answer" else (lambda x: x)
         if cfg.cache_teachers or cfg.calibrate_strength:
-            orig_f = answer_logits_all(original, forget_prompts, batch_size=cfg.eval_batch_size)
-            aug_f = answer_logits_all(aug, forget_prompts, batch_size=cfg.eval_batch_size)
+            orig_f = narrow(
+                answer_logits_all(original, forget_prompts, batch_size=cfg.eval_batch_size)
+            )
+            aug_f = narrow(answer_logits_all(aug, forget_prompts, batch_size=cfg.eval_batch_size))
             if cfg.calibrate_strength:
                 level = reference.heldout_loss
                 alpha = calibrated_alpha(
@@ -184,9 +197,9 @@ def e2urec_unlearn(
 
         def frozen_logits(batch) -> torch.Tensor:
             if init_adapter is not None:  # the original is the base with the old adapter
-                return answer_logits(original.model, batch)
+                return narrow(answer_logits(original.model, batch))
             with student.disable_adapter():  # the original is the student without its adapter
-                return answer_logits(student, batch)
+                return narrow(answer_logits(student, batch))
 
         def original_logits(idx: list[int]) -> torch.Tensor:
             return frozen_logits(collate(fmt, [retain_enc[i] for i in idx]).to(device))
@@ -197,19 +210,25 @@ def e2urec_unlearn(
 
         def step(idx: list[int], ridx: list[int] | None) -> torch.Tensor:
             fb = collate(fmt, [forget_enc[i] for i in idx]).to(device)
-            student_f = answer_logits(student, fb)
+            student_f = narrow(answer_logits(student, fb))
             if cfg.cache_teachers:
                 teacher_f = forced_f[idx].to(device)
             else:  # what the paper's code does: run both teachers at every step
                 with torch.no_grad():
                     orig_logits = frozen_logits(fb).float()
                 with torch.no_grad():
-                    aug_logits = answer_logits(aug.model, fb).float()
+                    aug_logits = narrow(answer_logits(aug.model, fb)).float()
                 teacher_f = torch.log_softmax(forced_logits(orig_logits, aug_logits, alpha), -1)
             if ridx is None:
                 return e2urec_loss(cfg.remember_weight, teacher_f, student_f)
-            rb = collate(fmt, [retain_enc[i] for i in ridx], [retain_labels[i] for i in ridx])
-            ce_r, student_r = target_loss(student, rb.to(device))
+            labels = [retain_labels[i] for i in ridx]
+            if cfg.distill == "answer":
+                rb = collate(fmt, [retain_enc[i] for i in ridx]).to(device)
+                ce_r, student_r = answer_loss(student, fmt, rb, torch.tensor(labels, device=device))
+                student_r = narrow(student_r)
+            else:
+                rb = collate(fmt, [retain_enc[i] for i in ridx], labels)
+                ce_r, student_r = target_loss(student, rb.to(device))
             teacher_r = retain_teacher.get(ridx).to(device)
             return e2urec_loss(
                 cfg.remember_weight, teacher_f, student_f, ce_r, teacher_r, student_r

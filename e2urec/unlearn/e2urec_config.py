@@ -44,6 +44,12 @@ class E2URecConfig:
     repair_fraction: float = 0.33
     """Mixed steps after the forget-only phase reached the held-out level, as a fraction of one
     epoch (the paper's run: ~250 mixed after ~750 forget-only steps). 0 stops right there."""
+    distill: Literal["vocab", "answer"] = "vocab"
+    """What the teachers' answer-position distributions cover: "vocab", the whole vocabulary (the
+    paper), or "answer", the two answer tokens renormalised, what scoring reads (and the retain
+    CE on the answer alone). A base trained on the answer objective (the pretrained recipe) left
+    the rest of its vocabulary untrained; over all of it the forgetting teacher's push lands on
+    tokens it never answers with, and the student chases that mass instead of the answer."""
     keep_best: bool = True
     """End on the checked state closest to the held-out level, not the last one."""
 
@@ -91,6 +97,8 @@ class E2URecConfig:
                 f"forget_strength_max ({self.forget_strength_max}) must be >= forget_strength "
                 f"({self.forget_strength})"
             )
+        if self.distill not in ("vocab", "answer"):
+            raise ValueError(f"distill must be 'vocab' or 'answer', got {self.distill!r}")
         if self.aug_mode not in ("lora", "full"):
             raise ValueError(f"aug_mode must be 'lora' or 'full', got {self.aug_mode!r}")
         if not 1 <= self.aug_epochs <= self.aug_max_epochs:

@@ -155,6 +155,11 @@ _ALL = [
         _e2urec(aug_mode="lora"),
     ),
     Method(
+        "e2urec (answer)",
+        "E2URec distilling the two answer tokens only (for a base trained on the answer alone)",
+        _e2urec(distill="answer"),
+    ),
+    Method(
         "e2urec (all-linear)",
         "ablation: the student's LoRA on every linear layer, as a pretrained LLM is fine-tuned",
         _e2urec(target_modules="all-linear", lora_dropout=0.0),  # dropout: 2x a step (recipe)
