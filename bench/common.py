@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import torch
+import typer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,3 +82,14 @@ def stop_cleanly_on_sigterm() -> None:
 def machine() -> str:
     device = "CUDA " + torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     return f"{platform.platform()}, {os.cpu_count()} CPUs, {device}"
+
+
+def name_values(items: list[str], param_hint: str) -> dict[str, str]:
+    """``NAME=VALUE`` options as a dict, or a usage error that names the malformed one."""
+    pairs: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise typer.BadParameter(f"{item!r} is not NAME=VALUE", param_hint=param_hint)
+        pairs[name] = value
+    return pairs

@@ -33,7 +33,7 @@ from typing import Annotated
 import torch
 import typer
 
-from bench.common import command_line
+from bench.common import command_line, name_values
 from e2urec.backbones import load_backbone
 from e2urec.data import Catalog, Sample, SampleConfig, Splits, load_dataset, make_splits
 from e2urec.evaluate import evaluate
@@ -438,10 +438,7 @@ def write_plot(results: dict[int, dict[str, dict]], out: Path) -> None:
 def _parse_settings(given: list[str]) -> dict[str, object]:
     """``NAME=VALUE`` pairs as E2URecConfig overrides, checked before anything trains."""
     settings: dict[str, object] = {}
-    for item in given:
-        name, sep, raw = item.partition("=")
-        if not sep or not name:
-            raise typer.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--e2urec-setting")
+    for name, raw in name_values(given, "--e2urec-setting").items():
         try:
             settings[name] = json.loads(raw)
         except json.JSONDecodeError:
@@ -574,8 +571,9 @@ def main(
         if seed in results:
             continue
         started = time.perf_counter()
-        results[seed] = run_seed(args, seed, progress, partial=out / f"seed-{seed}.partial.json")
-        (out / f"seed-{seed}.partial.json").unlink()
+        partial = out / f"seed-{seed}.partial.json"
+        results[seed] = run_seed(args, seed, progress, partial=partial)
+        partial.unlink()
         print(f"seed {seed} done in {time.perf_counter() - started:.0f}s", flush=True)
         (out / "results.json").write_text(
             json.dumps(

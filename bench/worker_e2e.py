@@ -28,7 +28,15 @@ from typing import Annotated
 import httpx
 import typer
 
-from bench.common import clean_env, command_line, machine, start, stop, stop_cleanly_on_sigterm
+from bench.common import (
+    clean_env,
+    command_line,
+    machine,
+    name_values,
+    start,
+    stop,
+    stop_cleanly_on_sigterm,
+)
 from service.testing import throwaway_database
 
 KEY = "bench-key-0123456789abcdef"
@@ -325,12 +333,10 @@ def main(
     sizes = batches or [10, 100]
     if regime not in ("paper", "memorising"):
         raise typer.BadParameter("choose 'paper' or 'memorising'", param_hint="--regime")
-    overrides = {}
-    for item in setting or []:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise typer.BadParameter(f"{item!r}: write NAME=VALUE", param_hint="--setting")
-        overrides[name.strip().lower()] = value.strip()
+    overrides = {
+        name.strip().lower(): value.strip()
+        for name, value in name_values(setting or [], "--setting").items()
+    }
     memorise = set(range(1, max(sizes) + 1)) if regime == "memorising" else None
     work = work / f"{regime}-{backbone}"  # a base per regime and backbone
     recipe = train_once(work, users, items, per_user, epochs, memorise, repeat, backbone)
