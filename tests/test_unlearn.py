@@ -410,3 +410,39 @@ def test_alpha_is_raised_until_the_forgetting_teacher_asks_for_the_held_out_leve
         0.69, abs=1e-3
     )
     assert calibrated_alpha(orig, aug, samples, fmt, level=0.2, least=2.0, most=32.0) == 2.0
+
+
+def test_e2urec_follows_the_objective_its_original_was_trained_on(monkeypatch):
+    """An answer-trained base's augmented model fitted on the whole target spent its steps on
+    the untrained full stop and EOS; every E2URec entry takes the base's objective instead."""
+    from e2urec.unlearn import methods
+
+    seen: list[E2URecConfig] = []
+    monkeypatch.setattr(methods, "e2urec_unlearn", lambda o, t, cfg, **kw: seen.append(cfg))
+    run = methods.METHODS["e2urec"]
+    run(None, None, methods.RunOptions(train_config=TrainConfig(objective="answer")))
+    run(None, None, methods.RunOptions(train_config=TrainConfig()))
+    run(None, None, methods.RunOptions())  # an adapter with no manifest: the paper's objective
+    overridden = {"objective": "target"}
+    run(
+        None,
+        None,
+        methods.RunOptions(
+            train_config=TrainConfig(objective="answer"), e2urec_overrides=overridden
+        ),
+    )
+    assert [c.objective for c in seen] == ["answer", "target", "target", "target"]
+    with pytest.raises(ValueError, match="objective must be"):
+        E2URecConfig(objective="yes")
+
+
+def test_the_augmented_model_is_fitted_on_the_configured_objective(trained):
+    from e2urec.unlearn.augmented import train_augmented
+
+    original, task = trained
+    before = _forget_loss(original, task)
+    cfg = E2URecConfig(objective="answer", aug_epochs=2, aug_max_epochs=2, min_steps_per_epoch=0)
+    aug = train_augmented(original, task, cfg, progress=False)
+    # fitted on P(yes) vs P(no) alone, it learns the forget set's answers beyond the original
+    # (on SmolLM2 the wrong objective made this loss rise: 0.51 -> 0.90)
+    assert _forget_loss(aug.backbone, task) < before - 0.01

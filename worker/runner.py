@@ -191,6 +191,8 @@ def run_unlearning(settings: Settings, job_id: int, owner: str, attempt: int, le
         # The precision the base was trained in (bfloat16 for a pretrained LLM where the
         # hardware has it: 1.6x a step on such a CPU).
         bf16=bool(manifest.get("train_config", {}).get("bf16", False)),
+        # The augmented model and the retain CE follow the base's objective.
+        objective=manifest.get("train_config", {}).get("objective", "target"),
         seed=job_id,
     )
     folder = settings.adapter_dir / f"job-{job_id}-attempt-{attempt}"

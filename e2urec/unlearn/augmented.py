@@ -82,6 +82,7 @@ def train_augmented(
             lora_alpha=cfg.lora_alpha,
             lora_dropout=0.0,
             bf16=cfg.bf16,
+            objective=cfg.objective,  # what the base was fitted on (see E2URecConfig.objective)
             seed=cfg.seed,
         ),
         progress=progress,

@@ -222,7 +222,7 @@ def e2urec_unlearn(
             if ridx is None:
                 return e2urec_loss(cfg.remember_weight, teacher_f, student_f)
             labels = [retain_labels[i] for i in ridx]
-            if cfg.distill == "answer":
+            if cfg.distill == "answer" or cfg.objective == "answer":
                 rb = collate(fmt, [retain_enc[i] for i in ridx]).to(device)
                 ce_r, student_r = answer_loss(student, fmt, rb, torch.tensor(labels, device=device))
                 student_r = narrow(student_r)

@@ -50,6 +50,11 @@ class E2URecConfig:
     CE on the answer alone). A base trained on the answer objective (the pretrained recipe) left
     the rest of its vocabulary untrained; over all of it the forgetting teacher's push lands on
     tokens it never answers with, and the student chases that mass instead of the answer."""
+    objective: Literal["target", "answer"] = "target"
+    """The base's training objective (its TrainConfig.objective): the augmented model is fitted
+    on it and the student's retain CE uses it. Fitted on the whole target ("Yes." + EOS), an
+    answer-trained base spent its steps on the untrained rest of the target: the augmented
+    model's forget loss rose (0.51 -> 0.90 on SmolLM2) and its teacher asked for nothing."""
     keep_best: bool = True
     """End on the checked state closest to the held-out level, not the last one."""
 
@@ -99,6 +104,8 @@ class E2URecConfig:
             )
         if self.distill not in ("vocab", "answer"):
             raise ValueError(f"distill must be 'vocab' or 'answer', got {self.distill!r}")
+        if self.objective not in ("target", "answer"):
+            raise ValueError(f"objective must be 'target' or 'answer', got {self.objective!r}")
         if self.aug_mode not in ("lora", "full"):
             raise ValueError(f"aug_mode must be 'lora' or 'full', got {self.aug_mode!r}")
         if not 1 <= self.aug_epochs <= self.aug_max_epochs:

@@ -80,7 +80,9 @@ def _finetune(fn) -> Run:
 
 def _e2urec(*, paper: bool = False, **settings) -> Run:
     def run(original: Backbone, task: UnlearnTask, o: RunOptions) -> UnlearnResult:
-        given = {"bf16": o.bf16, **settings, **o.e2urec_overrides}
+        # The augmented model and the retain CE follow what the original was trained on.
+        trained_on = {"objective": o.train_config.objective} if o.train_config else {}
+        given = {"bf16": o.bf16, **trained_on, **settings, **o.e2urec_overrides}
         cfg = E2URecConfig.within(o.stop, paper=paper, seed=o.seed, **given)
         return e2urec_unlearn(original, task, cfg, out=o.out, progress=o.progress)
 
