@@ -507,6 +507,13 @@ def main(
     resume: Annotated[
         bool, typer.Option(help="keep the seeds already in OUT/results.json and run the rest")
     ] = False,
+    finish: Annotated[
+        bool,
+        typer.Option(
+            help="train nothing: write the table from OUT's finished seeds and the rows a "
+            "stopped run left in seed-N.partial.json (give the run's own options)"
+        ),
+    ] = False,
 ):
     seeds = seeds or [0, 1, 2]
     if regime not in ("paper", "memorising"):
@@ -555,8 +562,11 @@ def main(
         args["e2urec_settings"] = e2urec_settings
     out.mkdir(parents=True, exist_ok=True)
     results: dict[int, dict[str, dict]] = {}
-    command = command_line(skip=("--resume",))
+    command = command_line(skip=("--resume", "--finish"))
     saved = out / "results.json"
+    if finish:
+        finish_stopped_run(out, seeds, command, args)
+        return
     if resume and saved.is_file():
         previous = json.loads(saved.read_text())
         if previous["args"] != {k: str(v) for k, v in args.items()}:
@@ -588,6 +598,38 @@ def main(
         )
         write_table(results, out, command)  # a partial table while later seeds run
     # Also after a --resume with every seed done: the table and plot follow the current code.
+    print(write_table(results, out, command))
+    write_plot(results, out)
+
+
+def finish_stopped_run(out: Path, seeds: list[int], command: str, args: dict) -> None:
+    """The table of a run stopped midway (a slow backbone): finished seeds plus the rows each
+    stopped seed had written. Methods missing from a partial seed are simply not rows."""
+    saved = out / "results.json"
+    results: dict[int, dict[str, dict]] = {}
+    if saved.is_file():
+        results = {int(s): r for s, r in json.loads(saved.read_text())["results"].items()}
+    stopped = []
+    for seed in seeds:
+        partial = out / f"seed-{seed}.partial.json"
+        if seed not in results and partial.is_file():
+            rows = json.loads(partial.read_text())["rows"]
+            if "retrain" not in rows:  # without the reference there is nothing to compare to
+                raise typer.BadParameter(
+                    f"{partial} stopped before Retrain finished: nothing to tabulate",
+                    param_hint="--finish",
+                )
+            results[seed] = rows
+            stopped.append({"seed": seed, "rows": list(rows)})
+    if not results:
+        raise typer.BadParameter(
+            f"{out} holds no results.json and no seed-N.partial.json for seeds {seeds}; "
+            "run without --finish first",
+            param_hint="--finish",
+        )
+    record = {"command": command, "args": {k: str(v) for k, v in args.items()}}
+    record |= {"stopped_after": stopped, "results": results}
+    saved.write_text(json.dumps(record, indent=2, default=str))
     print(write_table(results, out, command))
     write_plot(results, out)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,30 @@ def test_the_benchmark_takes_its_methods_from_the_same_registry():
     for bad, says in [("lr", "NAME=VALUE"), ("lora_rank=8", "lora_rank"), ("lr=-1", "lr")]:
         result = CliRunner().invoke(table, ["--out", "/nonexistent/x", "--e2urec-setting", bad])
         assert result.exit_code == 2 and says in result.output, result.output
+
+
+def test_a_stopped_benchmark_run_is_tabulated_from_its_partial_rows(tmp_path: Path):
+    """A slow backbone's run may be stopped midway; --finish writes the rows it measured."""
+    from bench.paper_table import app as table
+
+    committed = Path(__file__).parent.parent / "bench/results/ml1m-memorising-smollm2-cpu"
+    rows = json.loads((committed / "results.json").read_text())["results"]["0"]
+    finish = ["--out", str(tmp_path), "--seeds", "0", "--finish"]
+
+    def said(result) -> str:  # rich wraps an error in a box: read it as one line
+        return " ".join(result.output.replace("│", " ").split())
+
+    empty = CliRunner().invoke(table, finish)
+    assert empty.exit_code == 2 and "run without --finish first" in said(empty)
+    early = {k: rows[k] for k in ["original"]}  # stopped before the reference existed
+    partial = tmp_path / "seed-0.partial.json"
+    partial.write_text(json.dumps({"seed": 0, "rows": early}))
+    assert "before Retrain finished" in said(CliRunner().invoke(table, finish))
+    kept = {k: rows[k] for k in ["original", "retrain", "e2urec"]}  # stopped during NegGrad
+    partial.write_text(json.dumps({"seed": 0, "rows": kept}))
+    result = CliRunner().invoke(table, finish)
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["stopped_after"] == [{"seed": 0, "rows": ["original", "retrain", "e2urec"]}]
+    written = (tmp_path / "table.md").read_text()
+    assert "| e2urec |" in written and "| original |" in written and "neggrad" not in written
