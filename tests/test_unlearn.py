@@ -412,28 +412,33 @@ def test_alpha_is_raised_until_the_forgetting_teacher_asks_for_the_held_out_leve
     assert calibrated_alpha(orig, aug, samples, fmt, level=0.2, least=2.0, most=32.0) == 2.0
 
 
-def test_e2urec_follows_the_objective_its_original_was_trained_on(monkeypatch):
-    """An answer-trained base's augmented model fitted on the whole target spent its steps on
-    the untrained full stop and EOS; every E2URec entry takes the base's objective instead."""
+def test_e2urec_fits_its_augmented_model_the_way_its_original_was_trained(monkeypatch):
+    """A pretrained base (merged all-linear LoRA, answer objective) was wrecked when fitted
+    further with all weights at lr 1e-3, and misfitted on the whole target; every E2URec entry
+    takes the base's recipe instead, and an explicit setting still wins."""
     from e2urec.unlearn import methods
 
     seen: list[E2URecConfig] = []
     monkeypatch.setattr(methods, "e2urec_unlearn", lambda o, t, cfg, **kw: seen.append(cfg))
     run = methods.METHODS["e2urec"]
-    run(None, None, methods.RunOptions(train_config=TrainConfig(objective="answer")))
-    run(None, None, methods.RunOptions(train_config=TrainConfig()))
-    run(None, None, methods.RunOptions())  # an adapter with no manifest: the paper's objective
-    overridden = {"objective": "target"}
-    run(
-        None,
-        None,
-        methods.RunOptions(
-            train_config=TrainConfig(objective="answer"), e2urec_overrides=overridden
-        ),
-    )
-    assert [c.objective for c in seen] == ["answer", "target", "target", "target"]
+    recipe = TrainConfig(objective="answer", lora=True, lora_targets="all-linear", lr=5e-4)
+    run(None, None, methods.RunOptions(train_config=recipe))
+    run(None, None, methods.RunOptions(train_config=TrainConfig()))  # a from-scratch base
+    run(None, None, methods.RunOptions())  # nothing known about the base: the defaults
+    told = {"objective": "target", "aug_mode": "full"}
+    run(None, None, methods.RunOptions(train_config=recipe, e2urec_overrides=told))
+    fitted = [(c.objective, c.aug_mode, c.aug_lr, c.aug_lora_targets) for c in seen]
+    assert fitted == [
+        ("answer", "lora", 5e-4, "all-linear"),
+        ("target", "full", 1e-3, "qv"),
+        ("target", "full", 1e-3, "qv"),
+        ("target", "full", 5e-4, "all-linear"),
+    ]
+    assert seen[0].lora_r == E2URecConfig().lora_r  # the student is not the base's recipe
     with pytest.raises(ValueError, match="objective must be"):
         E2URecConfig(objective="yes")
+    with pytest.raises(ValueError, match="aug_lora_targets"):
+        E2URecConfig(aug_lora_targets="all")
 
 
 def test_the_augmented_model_is_fitted_on_the_configured_objective(trained):

@@ -16,7 +16,8 @@ from e2urec.atomic import folder_sha256
 from e2urec.backbones import Backbone
 from e2urec.lora import with_adapter
 from e2urec.model_store import load_model
-from e2urec.unlearn import E2URecConfig, StopRule, e2urec_unlearn
+from e2urec.training import TrainConfig
+from e2urec.unlearn import E2URecConfig, StopRule, e2urec_unlearn, fitted_like
 from service.core.db.models import AdapterVersion, JobKind, RequestStatus, UnlearningJob, User
 from service.core.db.session import session_scope
 from service.core.settings import Settings
@@ -178,6 +179,7 @@ def run_unlearning(settings: Settings, job_id: int, owner: str, attempt: int, le
         complete_untrained(metrics)
         return f"job {job_id}: its users had no training samples; data deleted, nothing trained"
 
+    trained = manifest.get("train_config")  # how the base was made (absent: an older manifest)
     cfg = E2URecConfig.within(
         StopRule(
             max_epochs=settings.unlearn_max_epochs,
@@ -190,9 +192,9 @@ def run_unlearning(settings: Settings, job_id: int, owner: str, attempt: int, le
         checks_per_epoch=settings.unlearn_checks_per_epoch,
         # The precision the base was trained in (bfloat16 for a pretrained LLM where the
         # hardware has it: 1.6x a step on such a CPU).
-        bf16=bool(manifest.get("train_config", {}).get("bf16", False)),
-        # The augmented model and the retain CE follow the base's objective.
-        objective=manifest.get("train_config", {}).get("objective", "target"),
+        bf16=trained.get("bf16", False) if trained else False,
+        # The augmented model and the retain CE follow how the base was trained.
+        **fitted_like(TrainConfig(**trained) if trained else None),
         seed=job_id,
     )
     folder = settings.adapter_dir / f"job-{job_id}-attempt-{attempt}"

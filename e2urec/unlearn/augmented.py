@@ -80,6 +80,7 @@ def train_augmented(
             lora=cfg.aug_mode == "lora",
             lora_r=cfg.lora_r,
             lora_alpha=cfg.lora_alpha,
+            lora_targets=cfg.aug_lora_targets,
             lora_dropout=0.0,
             bf16=cfg.bf16,
             objective=cfg.objective,  # what the base was fitted on (see E2URecConfig.objective)

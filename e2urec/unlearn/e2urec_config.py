@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
+from e2urec.training import TrainConfig
 from e2urec.unlearn.loop import LoopConfig
 from e2urec.unlearn.stopping import StopRule
 
@@ -72,6 +73,9 @@ class E2URecConfig:
     aug_max_epochs: int = 4
     aug_min_drop: float = 0.02
     aug_lr: float = 1e-3
+    aug_lora_targets: Literal["qv", "all-linear"] = "qv"
+    """The augmented LoRA's modules (aug_mode "lora"). See ``fitted_like``: a base trained
+    with a merged all-linear LoRA is fitted further the same way."""
     cache_teachers: bool = True
     """Compute both teachers' answer logits once (tables) instead of at every step."""
 
@@ -113,6 +117,10 @@ class E2URecConfig:
                 f"need 1 <= aug_epochs <= aug_max_epochs, got {self.aug_epochs} and "
                 f"{self.aug_max_epochs}"
             )
+        if self.aug_lora_targets not in ("qv", "all-linear"):
+            raise ValueError(
+                f"aug_lora_targets must be 'qv' or 'all-linear', got {self.aug_lora_targets!r}"
+            )
         if self.aug_min_drop < 0:
             raise ValueError(f"aug_min_drop must be >= 0, got {self.aug_min_drop}")
         if self.repair_fraction < 0:
@@ -150,6 +158,28 @@ class E2URecConfig:
         wanted = overrides.pop("forget_only_epochs", default)
         make = cls.paper if paper else cls
         return make(stop=stop, forget_only_epochs=min(wanted, stop.max_epochs - 1), **overrides)
+
+
+def fitted_like(train: TrainConfig | None) -> dict[str, Any]:
+    """E2URecConfig settings that make the augmented model (and the retain CE) follow how the
+    base was trained, for ``E2URecConfig(**fitted_like(cfg), ...)``; {} when that is unknown.
+
+    The defaults suit a from-scratch base. A pretrained LLM's recipe trains a merged all-linear
+    LoRA on the answer alone; fitting it further with all weights at the default lr 1e-3 wrecked
+    it (SmolLM2's forget loss 0.59 -> 2.19 in six steps), and with the whole target it spent the
+    steps on the full stop and EOS (0.51 -> 0.90). So: the base's objective, and for a LoRA-
+    trained base a LoRA on the same modules at the base's lr.
+    """
+    if train is None:
+        return {}
+    like: dict[str, Any] = {"objective": train.objective}
+    if train.lora:
+        like |= {
+            "aug_mode": "lora",
+            "aug_lr": train.lr,
+            "aug_lora_targets": train.lora_targets,
+        }
+    return like
 
 
 _PAPER = {

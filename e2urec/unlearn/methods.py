@@ -18,7 +18,7 @@ from e2urec.training import TrainConfig
 from e2urec.unlearn.base import UnlearnResult, UnlearnTask
 from e2urec.unlearn.baselines import FinetuneConfig, bad_teacher, neggrad, negkl, retrain
 from e2urec.unlearn.e2urec import e2urec_unlearn
-from e2urec.unlearn.e2urec_config import E2URecConfig
+from e2urec.unlearn.e2urec_config import E2URecConfig, fitted_like
 from e2urec.unlearn.shards import sharded_unlearn
 from e2urec.unlearn.stopping import StopRule
 
@@ -80,9 +80,8 @@ def _finetune(fn) -> Run:
 
 def _e2urec(*, paper: bool = False, **settings) -> Run:
     def run(original: Backbone, task: UnlearnTask, o: RunOptions) -> UnlearnResult:
-        # The augmented model and the retain CE follow what the original was trained on.
-        trained_on = {"objective": o.train_config.objective} if o.train_config else {}
-        given = {"bf16": o.bf16, **trained_on, **settings, **o.e2urec_overrides}
+        # The augmented model and the retain CE follow how the original was trained.
+        given = {"bf16": o.bf16, **fitted_like(o.train_config), **settings, **o.e2urec_overrides}
         cfg = E2URecConfig.within(o.stop, paper=paper, seed=o.seed, **given)
         return e2urec_unlearn(original, task, cfg, out=o.out, progress=o.progress)
 
