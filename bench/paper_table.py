@@ -435,7 +435,7 @@ def write_plot(results: dict[int, dict[str, dict]], out: Path) -> None:
     fig.savefig(out / "time_vs_jsd.png", dpi=120)
 
 
-def _parse_settings(given: list[str]) -> dict[str, object]:
+def parse_e2urec_settings(given: list[str]) -> dict[str, object]:
     """``NAME=VALUE`` pairs as E2URecConfig overrides, checked before anything trains."""
     settings: dict[str, object] = {}
     for name, raw in name_values(given, "--e2urec-setting").items():
@@ -526,7 +526,7 @@ def main(
             + ", ".join(runnable),
             param_hint="--methods",
         )
-    e2urec_settings = _parse_settings(e2urec_setting or [])
+    e2urec_settings = parse_e2urec_settings(e2urec_setting or [])
     if backbone in SCRATCH_PRESETS:  # the paper's schedule: at most 5 epochs at 2e-3
         epochs = 5 if epochs is None else epochs
         lr = 2e-3 if lr is None else lr
