@@ -74,8 +74,10 @@ def test_a_lora_step_on_the_real_llm_lowers_its_loss_merges_and_saves(smollm2, w
 
 
 def test_e2urec_on_the_real_llm_writes_an_adapter_the_engine_serves(smollm2, world, tmp_path):
+    from e2urec.training import recipe_for
     from e2urec.unlearn.base import UnlearnTask
     from e2urec.unlearn.e2urec import E2URecConfig, e2urec_unlearn
+    from e2urec.unlearn.e2urec_config import fitted_like
     from e2urec.unlearn.stopping import StopRule
     from service.serving.engine import InferenceEngine, ModelVersion
 
@@ -91,7 +93,10 @@ def test_e2urec_on_the_real_llm_writes_an_adapter_the_engine_serves(smollm2, wor
         aug_max_epochs=1,
         checks_per_epoch=1,
         stop=StopRule(max_epochs=2, max_valid_auc_drop=1.0, eval_samples=12),
+        # as the product runs it on this backbone: the augmented model a merged all-linear LoRA
+        **fitted_like(recipe_for("smollm2-135m").config()),
     )
+    assert cfg.aug_mode == "lora" and cfg.objective == "answer"
     result = e2urec_unlearn(smollm2, task, cfg, out=tmp_path / "adapter", progress=False)
     assert result.trainable_parameters < result.total_parameters / 50  # a LoRA, not the model
     adapter = read_adapter(tmp_path / "adapter")
