@@ -34,7 +34,7 @@ import torch
 import typer
 
 from bench.common import command_line, name_values
-from e2urec.backbones import load_backbone
+from e2urec.backbones import Backbone, load_backbone
 from e2urec.data import Catalog, Sample, SampleConfig, Splits, load_dataset, make_splits
 from e2urec.evaluate import evaluate
 from e2urec.metrics import distribution_distance
@@ -97,18 +97,32 @@ def prepare(args: dict, seed: int) -> World:
     return World(splits, catalog, test, heldout, task, splits.train, splits.valid, train_cfg)
 
 
+def train_original(
+    world: World, backbone: str, seed: int, progress: bool
+) -> tuple[Backbone, float]:
+    """The Original of a prepared world, trained, and the seconds its training took."""
+    corpus = world.catalog.tokenizer_corpus(world.splits.train)
+    original = load_backbone(backbone, corpus=corpus, seed=seed)
+    started = time.perf_counter()
+    train_llmrec(
+        original,
+        world.catalog,
+        world.original_train,
+        world.valid,
+        world.train_cfg,
+        progress=progress,
+    )
+    return original, time.perf_counter() - started
+
+
 def run_seed(args: dict, seed: int, progress: bool, partial: Path | None = None) -> dict[str, dict]:
     """One seed's rows. ``partial``: rewritten after each row, so a run stopped midway (a slow
     backbone) still leaves what it measured."""
     world = prepare(args, seed)
     splits, catalog, task, train_cfg = world.splits, world.catalog, world.task, world.train_cfg
-    corpus = catalog.tokenizer_corpus(splits.train)
-    original = load_backbone(args["backbone"], corpus=corpus, seed=seed)
+    original, original_seconds = train_original(world, args["backbone"], seed, progress)
 
     rows: dict[str, dict] = {}
-    started = time.perf_counter()
-    train_llmrec(original, catalog, world.original_train, world.valid, train_cfg, progress=progress)
-    original_seconds = time.perf_counter() - started
 
     def record(
         name: str,

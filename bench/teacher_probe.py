@@ -16,17 +16,14 @@ Original's and the student's attack AUC and losses.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from bench.common import command_line
-from bench.paper_table import parse_e2urec_settings, prepare
-from e2urec.backbones import load_backbone
+from bench.paper_table import parse_e2urec_settings, prepare, train_original
 from e2urec.evaluate import evaluate
-from e2urec.training import train_llmrec
 from e2urec.unlearn import METHODS, RunOptions, StopRule
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -70,12 +67,7 @@ def main(
         f"{len(world.heldout)}, stop-rule held-out {len(task.heldout or [])}",
         flush=True,
     )
-    original = load_backbone(
-        backbone, corpus=world.catalog.tokenizer_corpus(world.splits.train), seed=seed
-    )
-    started = time.perf_counter()
-    train_llmrec(original, world.catalog, world.original_train, [], world.train_cfg)
-    trained_seconds = time.perf_counter() - started
+    original, trained_seconds = train_original(world, backbone, seed, progress=True)
 
     def metrics(model) -> dict[str, float]:
         found, _ = evaluate(model, world.catalog, world.test, task.forget, world.heldout)
