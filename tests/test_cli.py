@@ -88,6 +88,30 @@ def test_train_and_score_explain_bad_inputs(tmp_path: Path):
     assert result.exit_code == 2 and "was not written by `e2urec train`" in result.output
 
 
+def test_train_defaults_follow_the_backbone():
+    from e2urec.cli.train import cli_train_config
+
+    scratch = cli_train_config("tiny")  # the paper's schedule, every weight
+    assert (scratch.epochs, scratch.lr, scratch.lora, scratch.objective) == (
+        5,
+        2e-3,
+        False,
+        "target",
+    )
+    # a bare `e2urec train --backbone smollm2-135m` must not fully fine-tune at 2e-3 for 5 epochs
+    llm = cli_train_config("smollm2-135m")
+    assert (llm.lora, llm.lora_targets, llm.objective, llm.epochs, llm.lr) == (
+        True,
+        "all-linear",
+        "answer",
+        1,
+        1e-3,
+    )
+    assert llm.max_valid_samples == 200 and llm.lora_dropout == 0.0
+    given = cli_train_config("smollm2-135m", lora=False, lr=5e-5, valid_samples=0, epochs=None)
+    assert (given.lora, given.lr, given.max_valid_samples, given.epochs) == (False, 5e-5, None, 1)
+
+
 def test_unlearn_lists_the_registry_and_refuses_an_unknown_method_before_loading(tmp_path: Path):
     from e2urec.unlearn import METHODS
 
