@@ -1,0 +1,26 @@
+"""The ranking bench's verdict: a rerank 'beats' the candidate order only beyond chance."""
+
+import numpy as np
+
+from bench.ranking import hit_and_ndcg, paired_difference, verdict
+
+
+def test_hit_and_ndcg_reward_a_liked_item_higher_in_the_list():
+    assert hit_and_ndcg([5, 6, 7], {9}, 3) == (0.0, 0.0)
+    first, third = hit_and_ndcg([9, 6, 7], {9}, 3), hit_and_ndcg([6, 7, 9], {9}, 3)
+    assert first == (1.0, 1.0) and third[0] == 1.0 and 0 < third[1] < first[1]
+
+
+def test_a_few_more_hits_among_few_users_is_not_a_win():
+    better = np.r_[np.ones(30), np.zeros(70)]  # 30 of 100 users hit against none
+    clear = paired_difference(better, np.zeros(100))
+    assert clear["low"] > 0 and abs(clear["mean"] - 0.3) < 1e-9
+    # 7 hits against 4 among 39 users (the first ranking run): the interval straddles 0
+    rerank = np.r_[np.ones(7), np.zeros(32)]
+    stage = np.r_[np.zeros(5), np.ones(4), np.zeros(30)]  # 2 of its 4 hits shared
+    noisy = paired_difference(rerank, stage)
+    assert noisy["low"] < 0 < noisy["high"]
+    assert verdict({"hr": noisy, "ndcg": noisy}) == "not beyond chance"
+    assert verdict({"hr": clear, "ndcg": clear}) == "yes"
+    worse = paired_difference(np.zeros(100), better)
+    assert verdict({"hr": clear, "ndcg": worse}) == "better on HR, worse on NDCG"
