@@ -96,7 +96,7 @@ def test_e2urec_on_the_real_llm_writes_an_adapter_the_engine_serves(smollm2, wor
         # as the product runs it on this backbone: the augmented model a merged all-linear LoRA
         **fitted_like(recipe_for("smollm2-135m").config()),
     )
-    assert cfg.aug_mode == "lora" and cfg.objective == "answer"
+    assert cfg.aug_mode == "lora" and cfg.objective == "answer" and cfg.distill == "answer"
     result = e2urec_unlearn(smollm2, task, cfg, out=tmp_path / "adapter", progress=False)
     assert result.trainable_parameters < result.total_parameters / 50  # a LoRA, not the model
     adapter = read_adapter(tmp_path / "adapter")

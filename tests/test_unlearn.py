@@ -415,7 +415,8 @@ def test_alpha_is_raised_until_the_forgetting_teacher_asks_for_the_held_out_leve
 def test_e2urec_fits_its_augmented_model_the_way_its_original_was_trained(monkeypatch):
     """A pretrained base (merged all-linear LoRA, answer objective) was wrecked when fitted
     further with all weights at lr 1e-3, and misfitted on the whole target; every E2URec entry
-    takes the base's recipe instead, and an explicit setting still wins."""
+    takes the base's recipe instead (distilling only the answer tokens it was trained on), and
+    an explicit setting still wins."""
     from e2urec.unlearn import methods
 
     seen: list[E2URecConfig] = []
@@ -427,12 +428,12 @@ def test_e2urec_fits_its_augmented_model_the_way_its_original_was_trained(monkey
     run(None, None, methods.RunOptions())  # nothing known about the base: the defaults
     told = {"objective": "target", "aug_mode": "full"}
     run(None, None, methods.RunOptions(train_config=recipe, e2urec_overrides=told))
-    fitted = [(c.objective, c.aug_mode, c.aug_lr, c.aug_lora_targets) for c in seen]
+    fitted = [(c.objective, c.distill, c.aug_mode, c.aug_lr, c.aug_lora_targets) for c in seen]
     assert fitted == [
-        ("answer", "lora", 5e-4, "all-linear"),
-        ("target", "full", 1e-3, "qv"),
-        ("target", "full", 1e-3, "qv"),
-        ("target", "full", 5e-4, "all-linear"),
+        ("answer", "answer", "lora", 5e-4, "all-linear"),
+        ("target", "vocab", "full", 1e-3, "qv"),
+        ("target", "vocab", "full", 1e-3, "qv"),
+        ("target", "answer", "full", 5e-4, "all-linear"),  # told the objective, not distill
     ]
     assert seen[0].lora_r == E2URecConfig().lora_r  # the student is not the base's recipe
     with pytest.raises(ValueError, match="objective must be"):

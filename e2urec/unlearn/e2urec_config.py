@@ -167,12 +167,18 @@ def fitted_like(train: TrainConfig | None) -> dict[str, Any]:
     The defaults suit a from-scratch base. A pretrained LLM's recipe trains a merged all-linear
     LoRA on the answer alone; fitting it further with all weights at the default lr 1e-3 wrecked
     it (SmolLM2's forget loss 0.59 -> 2.19 in six steps), and with the whole target it spent the
-    steps on the full stop and EOS (0.51 -> 0.90). So: the base's objective, and for a LoRA-
-    trained base a LoRA on the same modules at the base's lr.
+    steps on the full stop and EOS (0.51 -> 0.90). So: the base's objective (and for the answer
+    objective, distillation of the answer tokens alone), and for a LoRA-trained base a LoRA on
+    the same modules at the base's lr.
     """
     if train is None:
         return {}
     like: dict[str, Any] = {"objective": train.objective}
+    if train.objective == "answer":
+        # Only the answer tokens were trained, so only they are distilled: on SmolLM2 (one run,
+        # one Original) the vocabulary-wide student closed 4% of the attack's gap to Retrain and
+        # the answer-only one 50% (bench/results/ml1m-memorising-smollm2-cpu-all).
+        like["distill"] = "answer"
     if train.lora:
         like |= {
             "aug_mode": "lora",

@@ -157,8 +157,13 @@ _ALL = [
     ),
     Method(
         "e2urec (answer)",
-        "E2URec distilling the two answer tokens only (for a base trained on the answer alone)",
+        "E2URec distilling the two answer tokens only (what an answer-trained base already gets)",
         _e2urec(distill="answer"),
+    ),
+    Method(
+        "e2urec (vocab)",
+        "ablation: distilling the whole vocabulary (the paper) for an answer-trained base",
+        _e2urec(distill="vocab"),
     ),
     Method(
         "e2urec (all-linear)",
