@@ -441,7 +441,7 @@ def write_plot(results: dict[int, dict[str, dict]], out: Path) -> None:
     if "retrain" in names:
         right.axvline(mias[names.index("retrain")], color="tab:green", linestyle="--", lw=1)
     right.invert_yaxis()
-    right.set_xlim(0.35, max(mias) + 0.08)
+    right.set_xlim(min(0.35, min(mias) - 0.05), max(mias) + 0.08)  # NegGrad can overshoot to 0.33
     right.set_xlabel("attack (MIA) AUC on the forget set, mean ± sd")
     right.set_title("What an attacker sees (Retrain = target)")
     right.grid(alpha=0.3, axis="x")
