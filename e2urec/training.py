@@ -17,7 +17,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from e2urec.backbones import Backbone
 from e2urec.data.prepared import Catalog
-from e2urec.data.samples import Sample
+from e2urec.data.samples import Sample, with_unrated
 from e2urec.encoding import answer_loss, collate, encode_prompts, target_loss
 from e2urec.lora import lora_config
 from e2urec.metrics import utility
@@ -53,6 +53,10 @@ class TrainConfig:
     # "answer": only P(yes) against P(no) at the answer position, what scoring reads. A
     # pretrained LLM learns the trivial full stop and EOS at once and then sees little else.
     objective: Literal["target", "answer"] = "target"
+    # Unrated items per train sample, labelled "No" (e2urec.data.samples.with_unrated): 0 is the
+    # paper's P(like | rated); above 0 the model learns P(rated and liked), what reranking a
+    # candidate list needs.
+    negatives: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -66,6 +70,10 @@ class TrainConfig:
             )
         if self.objective not in ("target", "answer"):
             raise ValueError(f"objective must be 'target' or 'answer', got {self.objective!r}")
+        if self.negatives < 0:
+            raise ValueError(
+                f"negatives must be >= 0 (unrated items per sample), got {self.negatives}"
+            )
         if self.early_stop_on not in ("auc", "loss"):
             raise ValueError(f"early_stop_on must be 'auc' or 'loss', got {self.early_stop_on!r}")
 
@@ -210,6 +218,7 @@ def train_llmrec(
             "(no AVX512-BF16/AMX); training in float32, which is faster here"
         )
     trainable = [p for p in model.parameters() if p.requires_grad]
+    train = with_unrated(train, cfg.negatives, cfg.seed)
     encoded = encode_prompts(backbone.tokenizer, fmt, [catalog.prompt(s) for s in train])
     labels = [s.label for s in train]
     lengths = [len(e) for e in encoded]

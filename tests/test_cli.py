@@ -89,7 +89,7 @@ def test_train_and_score_explain_bad_inputs(tmp_path: Path):
 
 
 def test_train_defaults_follow_the_backbone():
-    from e2urec.cli.train import cli_train_config
+    from e2urec.cli.train import cli_train_config, describe_config
 
     scratch = cli_train_config("tiny")  # the paper's schedule, every weight
     assert (scratch.epochs, scratch.lr, scratch.lora, scratch.objective) == (
@@ -110,6 +110,9 @@ def test_train_defaults_follow_the_backbone():
     assert llm.max_valid_samples == 200 and llm.lora_dropout == 0.0
     given = cli_train_config("smollm2-135m", lora=False, lr=5e-5, valid_samples=0, epochs=None)
     assert (given.lora, given.lr, given.max_valid_samples, given.epochs) == (False, 5e-5, None, 1)
+    ranking = cli_train_config("smollm2-135m", negatives=0.5)
+    assert ranking.negatives == 0.5 and llm.negatives == 0.0
+    assert "0.5 unrated item(s) per sample" in describe_config("smollm2-135m", ranking)
 
 
 def test_unlearn_lists_the_registry_and_refuses_an_unknown_method_before_loading(tmp_path: Path):

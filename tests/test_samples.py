@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from e2urec.data import (
@@ -121,3 +122,29 @@ def test_ml1m_protocol_on_shared_data(shared_data: Path):
     # most samples carry a full history of 10; a user's first ratings carry fewer
     full = sum(len(s.history) == 10 for s in splits.test) / len(splits.test)
     assert full > 0.9 and max(len(s.history) for s in splits.test) == 10
+
+
+def test_unrated_negatives_are_popular_items_the_user_never_rated(synthetic):
+    from collections import Counter
+
+    from e2urec.data.samples import with_unrated
+
+    train = make_splits(synthetic, SampleConfig(max_samples=None)).train
+    out = with_unrated(train, 0.5, seed=3)
+    assert out[: len(train)] == train and len(out) == len(train) + round(len(train) * 0.5)
+    rated: dict[int, set[int]] = {}
+    for s in train:
+        rated.setdefault(s.user_id, set()).update([s.item_id, *(i for i, _ in s.history)])
+    contexts = {(s.user_id, s.timestamp, s.history) for s in train}
+    negatives = out[len(train) :]
+    for n in negatives:
+        assert (n.label, n.rating) == (0, 0.0)
+        assert n.item_id not in rated[n.user_id]
+        assert (n.user_id, n.timestamp, n.history) in contexts  # a real sample's context
+    # drawn by popularity: the negatives' items are rated more often than the average item
+    popularity = Counter(i for items in rated.values() for i in items)
+    drawn = np.mean([popularity[n.item_id] for n in negatives])
+    assert drawn > 1.1 * np.mean(list(popularity.values()))
+    assert with_unrated(train, 0.5, seed=3) == out and with_unrated(train, 0, seed=3) == train
+    with pytest.raises(ValueError, match="per_sample"):
+        with_unrated(train, -1, seed=3)

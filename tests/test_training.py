@@ -130,6 +130,19 @@ def test_training_learns_beyond_the_prior(small):
     assert not backbone.model.training  # handed back ready for inference
 
 
+def test_negatives_add_unrated_items_to_the_training_steps(small):
+    catalog, splits, corpus = small
+    steps = {}
+    for negatives in (0.0, 1.0):
+        backbone = load_backbone("tiny", corpus=corpus, device="cpu")
+        cfg = TrainConfig(epochs=1, batch_size=64, negatives=negatives)
+        steps[negatives] = train_llmrec(backbone, catalog, splits.train, [], cfg, progress=False)
+    assert steps[0.0].steps == math.ceil(len(splits.train) / 64)
+    assert steps[1.0].steps == math.ceil(2 * len(splits.train) / 64)
+    with pytest.raises(ValueError, match="negatives"):
+        TrainConfig(negatives=-0.5)
+
+
 def test_early_stopping_records_why(small):
     catalog, splits, corpus = small
     backbone = load_backbone("tiny", corpus=corpus, device="cpu")

@@ -83,6 +83,7 @@ def describe_config(backbone: str, cfg: TrainConfig) -> str:
     return (
         f"training {backbone}: {how}; {cfg.epochs} epoch(s) at lr {cfg.lr:g}, batch "
         f"{cfg.batch_size}, {cfg.objective} objective, bf16 {'on' if cfg.bf16 else 'off'}"
+        + (f", {cfg.negatives:g} unrated item(s) per sample as negatives" if cfg.negatives else "")
     )
 
 
@@ -143,6 +144,13 @@ def train(
             "(P(yes) vs P(no) at the answer position only)"
         ),
     ] = None,
+    negatives: Annotated[
+        float | None,
+        typer.Option(
+            help="unrated items per train sample, labelled No: 0 learns P(like | rated) as in "
+            "the paper; e.g. 0.5 learns P(rated and liked), for reranking candidates"
+        ),
+    ] = None,
     seed: int = 0,
     device: Annotated[
         str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present)")
@@ -164,6 +172,7 @@ def train(
         bf16=bf16,
         valid_samples=valid_samples,
         objective=objective,
+        negatives=negatives,
         seed=seed,
     )
     console.print(f"[dim]{describe_config(backbone, cfg)}[/dim]")

@@ -7,8 +7,10 @@ and a seeded fraction of the train split's users forms the forget set.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import defaultdict, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from e2urec.data.schema import Dataset
@@ -143,3 +145,39 @@ def split_samples(samples: list[Sample], config: SampleConfig) -> Splits:
 
 def make_splits(dataset: Dataset, config: SampleConfig) -> Splits:
     return split_samples(build_samples(dataset, config), config)
+
+
+def with_unrated(samples: Sequence[Sample], per_sample: float, seed: int) -> list[Sample]:
+    """``samples`` plus about ``per_sample`` negatives for each: the same user, history and time
+    with an item that user has not rated anywhere in ``samples`` (targets or histories), drawn in
+    proportion to how often the item appears there, and labelled "No" (rating 0).
+
+    A model trained on rated items alone learns P(like | rated); ranking candidates needs
+    P(rated and liked), since an unrated candidate is as much a miss as a disliked one. Drawing
+    by popularity keeps the negatives as popular as the items a candidate stage proposes, so the
+    model cannot tell them apart by popularity alone. Only the train split gets them; validation
+    and test stay rated items, so AUC/GAUC keep their meaning."""
+    if per_sample < 0:
+        raise ValueError(f"per_sample must be >= 0, got {per_sample}")
+    samples = list(samples)
+    if per_sample == 0 or not samples:
+        return samples
+    rated: dict[int, set[int]] = defaultdict(set)
+    counts: dict[int, int] = defaultdict(int)
+    for s in samples:
+        for item in (s.item_id, *(i for i, _ in s.history)):
+            if item not in rated[s.user_id]:
+                rated[s.user_id].add(item)
+                counts[item] += 1
+    items = sorted(counts)
+    cumulative = list(itertools.accumulate(counts[i] for i in items))
+    rng = random.Random(seed)
+    n = round(len(samples) * per_sample)
+    out = list(samples)
+    for s in rng.choices(samples, k=n):
+        for _ in range(100):  # a user who rated nearly every item could exhaust the draws
+            item = rng.choices(items, cum_weights=cumulative)[0]
+            if item not in rated[s.user_id]:
+                out.append(Sample(s.user_id, item, 0.0, 0, s.timestamp, s.history))
+                break
+    return out
