@@ -1,15 +1,20 @@
 """Does the LLM's P(like) rank a user's candidates better than the candidate stage already does?
 
-For every test-period user with at least one liked test item (not seen before), three top-10
+For every test-period user with at least one liked test item (not seen before), these top-10
 lists are compared on HR@10 and NDCG@10 of those liked items:
   (a) popularity among everyone before the test period (what the user has seen removed);
   (b) the candidate stage's own order (the service's co-occurrence index,
       ``service.serving.candidates``, built from every rating before the test period, as the
       service builds it from its database), 50 candidates;
-  (c) the same 50 candidates reranked by each LLM's P(like) (prefix reuse, as served).
-Same users, same candidates, one run. Also reported: recall@50 of the candidates (the most any
-rerank can reach) and how far apart the LLM's scores for one user's candidates are (a model
-whose scores differ in the fifth decimal cannot order anything).
+  (c) the same 50 candidates reranked by each LLM's P(like) (prefix reuse, as served);
+  (d) the same candidates ordered by P(rated) x P(like | rated): the candidate stage's score,
+      normalised over the user's candidates, stands for the chance the user rates the item at
+      all, and the LLM (trained on rated items only) for the chance they like it once rated.
+      A test hit needs both, and no weight is tuned on the test users.
+Same users, same candidates, one run; every candidate's scores are saved in scores.json.
+Also reported: recall@50 of the candidates (the most any rerank can reach) and how far apart
+the LLM's scores for one user's candidates are (a model whose scores differ in the fifth decimal
+cannot order anything).
 
     python -m bench.ranking --data /tmp/e2urec-backbones/data \
         --model tiny=/tmp/e2urec-backbones/tiny \
@@ -30,6 +35,7 @@ from scipy import sparse
 from tqdm.auto import tqdm
 
 from bench.common import command_line, machine
+from e2urec.recommend import rated_and_liked
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -99,6 +105,13 @@ def main(
     candidates: int = 50,
     k: int = 10,
     max_users: Annotated[int, typer.Option(help="at most this many test users (0 = all)")] = 0,
+    period: Annotated[
+        str,
+        typer.Option(
+            help="test, or valid: the period before it, which the models never trained on "
+            "either (other users and items: a second look at the same models)"
+        ),
+    ] = "test",
 ) -> None:
     from e2urec.data import load_dataset, load_prepared
     from e2urec.model_store import load_model
@@ -109,11 +122,14 @@ def main(
         source["format"], Path(source["path"]), ratings_file=source["ratings_file"]
     )
     catalog, splits = prepared.catalog, prepared.splits
-    test_start = min(s.timestamp for s in splits.test)
+    if period not in ("test", "valid"):
+        raise typer.BadParameter(f"--period must be test or valid, got {period!r}")
+    evaluated = splits.named(period)
+    test_start = min(s.timestamp for s in evaluated)
     index, seen = candidate_index(dataset.interactions, test_start)
     first_test: dict[int, object] = {}
     liked: dict[int, set[int]] = {}
-    for s in sorted(splits.test, key=lambda s: s.timestamp):
+    for s in sorted(evaluated, key=lambda s: s.timestamp):
         first_test.setdefault(s.user_id, s)
         if s.label == 1:
             liked.setdefault(s.user_id, set()).add(s.item_id)
@@ -127,27 +143,36 @@ def main(
         users = users[:max_users]
     lists: dict[str, dict[int, list[int]]] = {"popularity": {}, "candidate stage": {}}
     pools: dict[int, list[int]] = {}
+    stage_scores: dict[int, np.ndarray] = {}
     for user, history, _ in users:
         lists["popularity"][user] = [c.item_id for c in index.for_user([], seen[user], k)]
         recent = [i for i, _ in history]
-        pool = [c.item_id for c in index.for_user(recent, seen[user], candidates)]
-        pools[user] = pool
-        lists["candidate stage"][user] = pool
+        found = index.for_user(recent, seen[user], candidates)
+        pools[user] = [c.item_id for c in found]
+        stage_scores[user] = np.array([c.score for c in found])
+        lists["candidate stage"][user] = pools[user]
+    saved: dict[str, dict] = {
+        "candidates": {u: pools[u] for u in pools},
+        "candidate stage": {u: stage_scores[u].tolist() for u in pools},
+    }
     spreads: dict[str, float] = {}
     seconds: dict[str, float] = {}
     for spec in model:
         name, _, path = spec.partition("=")
         backbone, _ = load_model(path, device="cpu")
-        ranked, spread = {}, []
+        ranked, blended, spread, kept = {}, {}, [], {}
         started = time.perf_counter()
         for user, history, _ in tqdm(users, desc=f"reranking with {name}", leave=False):
             scores = llm_scores(backbone, catalog, user, history, pools[user])
-            order = np.lexsort((np.arange(len(scores)), -scores))  # ties keep the stage's order
-            ranked[user] = [pools[user][j] for j in order]
+            ranked[user] = ordered(pools[user], scores)
+            blended[user] = ordered(pools[user], rated_and_liked(stage_scores[user], scores))
             spread.append(float(np.std(scores)))
+            kept[user] = [float(x) for x in scores]
         seconds[name] = time.perf_counter() - started
         lists[f"LLM rerank: {name}"] = ranked
+        lists[f"LLM x candidate stage: {name}"] = blended
         spreads[name] = float(np.median(spread))
+        saved[f"P(like): {name}"] = kept
     rows, per_user = {}, {}
     for method, by_user in lists.items():
         hits, ndcgs = zip(*(hit_and_ndcg(by_user[u], rel, k) for u, _, rel in users), strict=True)
@@ -160,10 +185,11 @@ def main(
             for metric in ("hr", "ndcg")
         }
         for method in lists
-        if method.startswith("LLM rerank")
+        if method.startswith("LLM")
     }
     recall = float(np.mean([len(set(pools[u]) & rel) / len(rel) for u, _, rel in users]))
     result = {
+        "period": period,
         "users": len(users),
         "candidates": candidates,
         "k": k,
@@ -179,7 +205,14 @@ def main(
     out.mkdir(parents=True, exist_ok=True)
     (out / "ranking.json").write_text(json.dumps(result, indent=2))
     (out / "ranking.md").write_text(render(result))
+    (out / "scores.json").write_text(json.dumps(saved))
     print(render(result))
+
+
+def ordered(pool: list[int], scores: np.ndarray) -> list[int]:
+    """``pool`` by descending score; ties keep the candidate stage's order."""
+    order = np.lexsort((np.arange(len(scores)), -np.asarray(scores)))
+    return [pool[j] for j in order]
 
 
 def verdict(d: dict[str, dict[str, float]]) -> str:
@@ -193,13 +226,13 @@ def verdict(d: dict[str, dict[str, float]]) -> str:
 
 
 def render(r: dict) -> str:
-    k = r["k"]
+    k, period = r["k"], r.get("period", "test")
     lines = [
-        f"# Ranking: HR@{k} and NDCG@{k} of each test user's liked items",
+        f"# Ranking: HR@{k} and NDCG@{k} of each {period}-period user's liked items",
         "",
-        f"{r['users']} test-period users with at least one liked, not yet seen test item; "
-        f"{r['candidates']} candidates per user from the service's co-occurrence index built "
-        "on every rating before the test period. Recall of the liked items within the "
+        f"{r['users']} {period}-period users with at least one liked, not yet seen {period} "
+        f"item; {r['candidates']} candidates per user from the service's co-occurrence index "
+        f"built on every rating before the {period} period. Recall of the liked items within the "
         f"{r['candidates']} candidates (the ceiling of any rerank): "
         f"{r['candidate_recall']:.3f}.",
         "",

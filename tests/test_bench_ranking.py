@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from bench.ranking import hit_and_ndcg, paired_difference, verdict
+from bench.ranking import hit_and_ndcg, ordered, paired_difference, verdict
+from e2urec.recommend import rated_and_liked
 
 
 def test_hit_and_ndcg_reward_a_liked_item_higher_in_the_list():
@@ -24,3 +25,15 @@ def test_a_few_more_hits_among_few_users_is_not_a_win():
     assert verdict({"hr": clear, "ndcg": clear}) == "yes"
     worse = paired_difference(np.zeros(100), better)
     assert verdict({"hr": clear, "ndcg": worse}) == "better on HR, worse on NDCG"
+
+
+def test_rated_and_liked_weighs_the_stage_score_against_the_like_probability():
+    pool = [10, 11, 12]
+    # equal P(like): the candidate stage's order stands, ties included
+    assert ordered(pool, rated_and_liked(np.array([9.0, 3.0, 3.0]), np.full(3, 0.5))) == pool
+    # twice as likely to be liked beats a 1.5x higher chance of being rated, not a 3x one
+    like = np.array([0.3, 0.6, 0.3])
+    assert ordered(pool, rated_and_liked(np.array([1.5, 1.0, 0.1]), like))[0] == 11
+    assert ordered(pool, rated_and_liked(np.array([3.0, 1.0, 0.1]), like))[0] == 10
+    # a P(like) of 0 ranks last instead of failing
+    assert ordered(pool, rated_and_liked(np.ones(3), np.array([0.0, 0.2, 0.1]))) == [11, 12, 10]
