@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -120,7 +121,12 @@ def test_recommendations_are_scored_unseen_items(client, db):
     assert body["personalized"] and body["model_version"]["label"] == "base-1"
     assert len(body["items"]) == 5
     scores = [i["score"] for i in body["items"]]
-    assert scores == sorted(scores, reverse=True) and all(0 < s < 1 for s in scores)
+    assert all(0 < s < 1 for s in scores)
+    # ordered by the stage's score times P(like) (E2UREC_RANK_BY=blend, the default)
+    stages = [i["stage_score"] for i in body["items"]]
+    assert all(s > 0 for s in stages), stages
+    keys = [math.log(st) + math.log(sc) for st, sc in zip(stages, scores, strict=True)]
+    assert all(a >= b - 1e-9 for a, b in zip(keys, keys[1:], strict=False)), keys
     with session_scope(db, write=False) as s:
         seen = set(
             s.scalars(select(Interaction.item_id).join(User).where(User.external_id == user))
@@ -134,6 +140,10 @@ def test_recommendations_are_scored_unseen_items(client, db):
     )
     again = {i["item_id"]: i["score"] for i in r.json()["items"]}
     assert set(again) == set(explicit) and all(i["source"] == "explicit" for i in r.json()["items"])
+    # explicit candidates have no stage score: P(like) alone orders them
+    assert all(i["stage_score"] is None for i in r.json()["items"])
+    ordered = list(again.values())
+    assert all(a >= b - 1e-9 for a, b in zip(ordered, ordered[1:], strict=False)), ordered
     for item in body["items"][:3]:  # the same model scores the same prompt the same way
         assert again[item["item_id"]] == pytest.approx(item["score"], abs=1e-5)
 

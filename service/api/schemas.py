@@ -59,6 +59,12 @@ class RecommendedItem(BaseModel):
     genres: list[str]
     score: float = Field(description="P(like) from the LLM, or a popularity count")
     source: str = Field(description="co-occurrence, popularity or explicit")
+    stage_score: float | None = Field(
+        None,
+        description="The candidate stage's score when the LLM ranked the item (co-occurrence "
+        "or popularity count; the order is by this times P(like) when rank_by is blend); null "
+        "for explicit candidates and unpersonalised answers",
+    )
 
 
 class ModelVersionOut(BaseModel):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -82,6 +82,12 @@ class Settings(BaseSettings):
     max_k: int = Field(100, ge=1, description="Largest k /recommend accepts")
     max_candidates: int = Field(200, ge=1, description="Longest explicit candidates= list")
     candidate_pool: int = Field(50, ge=1, description="Candidates the first stage hands the LLM")
+    rank_by: Literal["blend", "llm"] = Field(
+        "blend",
+        description="Order of the candidates: blend = the candidate stage's score times the "
+        "LLM's P(like), i.e. P(rated) x P(like if rated); llm = P(like) alone. Explicit "
+        "candidates= lists have no stage score and are ordered by P(like)",
+    )
     history_len: int = Field(10, ge=1, description="Rated items shown in the prompt (K)")
     recent_items: int = Field(20, ge=1, description="Recent items that seed co-occurrence")
     catalog_refresh_seconds: float = Field(

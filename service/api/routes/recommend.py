@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 
 from e2urec.data.prompts import target_suffix, user_prefix
+from e2urec.recommend import rated_and_liked
 from service.api.deps import RecommendCaller, ServingDep, SettingsDep
 from service.api.schemas import (
     EXTERNAL_ID,
@@ -66,7 +67,9 @@ def _valid_id(value: str) -> bool:
     return re.fullmatch(EXTERNAL_ID, value) is not None
 
 
-def _item(serving: Serving, item_id: int, score: float, source: str) -> RecommendedItem:
+def _item(
+    serving: Serving, item_id: int, score: float, source: str, stage: float | None = None
+) -> RecommendedItem:
     item = serving.items[item_id]
     return RecommendedItem(
         item_id=serving.item_external[item_id],
@@ -74,6 +77,7 @@ def _item(serving: Serving, item_id: int, score: float, source: str) -> Recommen
         genres=list(item.genres),
         score=score,
         source=source,
+        stage_score=stage,
     )
 
 
@@ -177,16 +181,16 @@ async def recommend(
             f"not personalised: {behind}; popular items meanwhile",
         )
     if explicit is not None:
-        pool = [(i, "explicit") for i in explicit]
+        pool = [(i, "explicit", None) for i in explicit]
     else:
         found = serving.index.for_user(ctx.recent, ctx.seen, settings.candidate_pool)
-        pool = [(c.item_id, c.source) for c in found]
+        pool = [(c.item_id, c.source, c.score) for c in found]
     if not pool:
         return Recommendations(user_id=user_id, personalized=True, model_version=None, items=[])
     prefix = user_prefix(
         ctx.profile, [(serving.items[i], r) for i, r in ctx.history], serving.domain
     )
-    suffixes = [target_suffix(serving.items[i]) for i, _ in pool]
+    suffixes = [target_suffix(serving.items[i]) for i, _, _ in pool]
     try:
         scored = await _score_unless_abandoned(
             request, engine.score(prefix, suffixes), settings.score_timeout_seconds
@@ -198,7 +202,11 @@ async def recommend(
     except _ClientGone:
         # Nobody reads this answer; its rows were dropped from the engine's queue unscored.
         raise HTTPException(499, "client closed the request") from None
-    ranked = sorted(zip(pool, scored.scores, strict=True), key=lambda x: -x[1])[:k]
+    # P(rated) x P(like | rated) for the stage's own candidates (see Settings.rank_by)
+    keys = list(scored.scores)
+    if settings.rank_by == "blend" and explicit is None:
+        keys = rated_and_liked([stage for _, _, stage in pool], scored.scores).tolist()
+    order = sorted(range(len(pool)), key=lambda j: -keys[j])[:k]  # stable: ties keep the stage's
     v = scored.version
     if (v.base, v.adapter) != (base, adapter):  # swapped between the check and the batch
         serving.metrics.unpersonalised.labels("model_behind").inc()
@@ -209,5 +217,8 @@ async def recommend(
         user_id=user_id,
         personalized=True,
         model_version=ModelVersionOut(base=v.base, adapter=v.adapter, label=v.label),
-        items=[_item(serving, i, score, source) for (i, source), score in ranked],
+        items=[
+            _item(serving, pool[j][0], scored.scores[j], pool[j][1], stage=pool[j][2])
+            for j in order
+        ],
     )
