@@ -35,7 +35,7 @@ from scipy import sparse
 from tqdm.auto import tqdm
 
 from bench.common import command_line, machine
-from e2urec.recommend import rated_and_liked
+from e2urec.recommend import blended_order
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -144,12 +144,14 @@ def main(
     lists: dict[str, dict[int, list[int]]] = {"popularity": {}, "candidate stage": {}}
     pools: dict[int, list[int]] = {}
     stage_scores: dict[int, np.ndarray] = {}
+    tiers: dict[int, list[int]] = {}
     for user, history, _ in users:
         lists["popularity"][user] = [c.item_id for c in index.for_user([], seen[user], k)]
         recent = [i for i, _ in history]
         found = index.for_user(recent, seen[user], candidates)
         pools[user] = [c.item_id for c in found]
         stage_scores[user] = np.array([c.score for c in found])
+        tiers[user] = [0 if c.source == "co-occurrence" else 1 for c in found]
         lists["candidate stage"][user] = pools[user]
     saved: dict[str, dict] = {
         "candidates": {u: pools[u] for u in pools},
@@ -165,7 +167,8 @@ def main(
         for user, history, _ in tqdm(users, desc=f"reranking with {name}", leave=False):
             scores = llm_scores(backbone, catalog, user, history, pools[user])
             ranked[user] = ordered(pools[user], scores)
-            blended[user] = ordered(pools[user], rated_and_liked(stage_scores[user], scores))
+            blend = blended_order(stage_scores[user], scores, tiers[user])  # as /recommend does
+            blended[user] = [pools[user][j] for j in blend]
             spread.append(float(np.std(scores)))
             kept[user] = [float(x) for x in scores]
         seconds[name] = time.perf_counter() - started

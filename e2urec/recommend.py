@@ -39,12 +39,24 @@ def rated_and_liked(stage: Sequence[float], like: Sequence[float]) -> np.ndarray
     user. ``stage`` is the candidate stage's (positive) score, standing for how likely the user
     is to rate the item at all; ``like`` the LLM's P(like), trained on rated items only. A
     recommendation the user acts on needs both: on ML-1M, P(like) alone put liked items lower
-    than the candidate order did (and `tiny`'s alone was worse beyond chance), while the product
-    was never below it (bench/results/ranking-ml1m-4k-blend-negatives-cpu)."""
+    than the candidate order did (and `tiny`'s was worse beyond chance), while the product
+    with SmolLM2 was not below it (bench/results/ranking-ml1m-4k-blend-negatives-cpu)."""
     eps = 1e-12  # a score of exactly 0 must still leave an order
     stage_arr = np.maximum(np.asarray(stage, dtype=np.float64), eps)
     like_arr = np.maximum(np.asarray(like, dtype=np.float64), eps)
     return np.log(stage_arr) + np.log(like_arr)
+
+
+def blended_order(
+    stage: Sequence[float], like: Sequence[float], tier: Sequence[int] | None = None
+) -> list[int]:
+    """Candidate positions, best first, by :func:`rated_and_liked`; ties keep the stage's order.
+    ``tier`` (lower first) keeps apart scores on different scales: a popularity count topping
+    up a short co-occurrence list is no evidence the user would rate the item, and must not
+    outrank every co-occurrence score because counts are larger."""
+    keys = rated_and_liked(stage, like)
+    tiers = [0] * len(keys) if tier is None else list(tier)
+    return sorted(range(len(keys)), key=lambda j: (tiers[j], -keys[j]))
 
 
 def recommend(

@@ -3,7 +3,7 @@
 import numpy as np
 
 from bench.ranking import hit_and_ndcg, ordered, paired_difference, verdict
-from e2urec.recommend import rated_and_liked
+from e2urec.recommend import blended_order, rated_and_liked
 
 
 def test_hit_and_ndcg_reward_a_liked_item_higher_in_the_list():
@@ -37,3 +37,11 @@ def test_rated_and_liked_weighs_the_stage_score_against_the_like_probability():
     assert ordered(pool, rated_and_liked(np.array([3.0, 1.0, 0.1]), like))[0] == 10
     # a P(like) of 0 ranks last instead of failing
     assert ordered(pool, rated_and_liked(np.ones(3), np.array([0.0, 0.2, 0.1]))) == [11, 12, 10]
+
+
+def test_a_popularity_top_up_never_outranks_co_occurrence_evidence():
+    # the third candidate tops up a short co-occurrence list with a popularity count of 900:
+    # on the blended scale it would win; as no evidence of a rating, it comes after the others
+    stage, like = [4.0, 2.0, 900.0], [0.5, 0.9, 0.9]
+    assert blended_order(stage, like) == [2, 1, 0]
+    assert blended_order(stage, like, tier=[0, 0, 1]) == [1, 0, 2]

@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 
 from e2urec.data.prompts import target_suffix, user_prefix
-from e2urec.recommend import rated_and_liked
+from e2urec.recommend import blended_order
 from service.api.deps import RecommendCaller, ServingDep, SettingsDep
 from service.api.schemas import (
     EXTERNAL_ID,
@@ -202,11 +202,12 @@ async def recommend(
     except _ClientGone:
         # Nobody reads this answer; its rows were dropped from the engine's queue unscored.
         raise HTTPException(499, "client closed the request") from None
-    # P(rated) x P(like | rated) for the stage's own candidates (see Settings.rank_by)
-    keys = list(scored.scores)
     if settings.rank_by == "blend" and explicit is None:
-        keys = rated_and_liked([stage for _, _, stage in pool], scored.scores).tolist()
-    order = sorted(range(len(pool)), key=lambda j: -keys[j])[:k]  # stable: ties keep the stage's
+        # P(rated) x P(like | rated) (see Settings.rank_by); popularity top-ups come last
+        tier = [0 if source == "co-occurrence" else 1 for _, source, _ in pool]
+        order = blended_order([stage for _, _, stage in pool], scored.scores, tier)[:k]
+    else:  # stable: ties keep the given order
+        order = sorted(range(len(pool)), key=lambda j: -scored.scores[j])[:k]
     v = scored.version
     if (v.base, v.adapter) != (base, adapter):  # swapped between the check and the batch
         serving.metrics.unpersonalised.labels("model_behind").inc()
