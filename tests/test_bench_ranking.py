@@ -42,6 +42,6 @@ def test_rated_and_liked_weighs_the_stage_score_against_the_like_probability():
 def test_a_popularity_top_up_never_outranks_co_occurrence_evidence():
     # the third candidate tops up a short co-occurrence list with a popularity count of 900:
     # on the blended scale it would win; as no evidence of a rating, it comes after the others
-    stage, like = [4.0, 2.0, 900.0], [0.5, 0.9, 0.9]
+    stage, like = [4.0, 2.0, 900.0], [0.4, 0.9, 0.9]  # blended: 1.6, 1.8, 810
     assert blended_order(stage, like) == [2, 1, 0]
     assert blended_order(stage, like, tier=[0, 0, 1]) == [1, 0, 2]
