@@ -151,7 +151,7 @@ def main(
         found = index.for_user(recent, seen[user], candidates)
         pools[user] = [c.item_id for c in found]
         stage_scores[user] = np.array([c.score for c in found])
-        tiers[user] = [0 if c.source == "co-occurrence" else 1 for c in found]
+        tiers[user] = [c.tier for c in found]
         lists["candidate stage"][user] = pools[user]
     saved: dict[str, dict] = {
         "candidates": {u: pools[u] for u in pools},

@@ -45,3 +45,7 @@ def test_a_popularity_top_up_never_outranks_co_occurrence_evidence():
     stage, like = [4.0, 2.0, 900.0], [0.4, 0.9, 0.9]  # blended: 1.6, 1.8, 810
     assert blended_order(stage, like) == [2, 1, 0]
     assert blended_order(stage, like, tier=[0, 0, 1]) == [1, 0, 2]
+    # the tiers the service and the bench pass come from the candidates' source
+    from service.serving.candidates import Candidate
+
+    assert [Candidate(1, s, 1.0).tier for s in ("co-occurrence", "popularity")] == [0, 1]

@@ -159,9 +159,8 @@ def with_unrated(samples: Sequence[Sample], per_sample: float, seed: int) -> lis
     and test stay rated items, so AUC/GAUC keep their meaning."""
     if per_sample < 0:
         raise ValueError(f"per_sample must be >= 0, got {per_sample}")
-    samples = list(samples)
     if per_sample == 0 or not samples:
-        return samples
+        return list(samples)
     rated: dict[int, set[int]] = defaultdict(set)
     counts: dict[int, int] = defaultdict(int)
     for s in samples:

@@ -38,6 +38,13 @@ class Candidate:
     source: str  # "co-occurrence" or "popularity"
     score: float
 
+    @property
+    def tier(self) -> int:
+        """0 for co-occurrence, 1 for a popularity top-up: their scores are on different
+        scales, and a count is no evidence the user would rate the item (blended ranking keeps
+        the top-ups after the rest)."""
+        return 0 if self.source == "co-occurrence" else 1
+
 
 class CandidateIndex:
     def __init__(

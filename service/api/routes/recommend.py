@@ -180,6 +180,7 @@ async def recommend(
             k,
             f"not personalised: {behind}; popular items meanwhile",
         )
+    found = None  # the stage's candidates, when it chose them
     if explicit is not None:
         pool = [(i, "explicit", None) for i in explicit]
     else:
@@ -202,10 +203,10 @@ async def recommend(
     except _ClientGone:
         # Nobody reads this answer; its rows were dropped from the engine's queue unscored.
         raise HTTPException(499, "client closed the request") from None
-    if settings.rank_by == "blend" and explicit is None:
+    if settings.rank_by == "blend" and found is not None:
         # P(rated) x P(like | rated) (see Settings.rank_by); popularity top-ups come last
-        tier = [0 if source == "co-occurrence" else 1 for _, source, _ in pool]
-        order = blended_order([stage for _, _, stage in pool], scored.scores, tier)[:k]
+        stage = [c.score for c in found]
+        order = blended_order(stage, scored.scores, [c.tier for c in found])[:k]
     else:  # stable: ties keep the given order
         order = sorted(range(len(pool)), key=lambda j: -scored.scores[j])[:k]
     v = scored.version
