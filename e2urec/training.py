@@ -17,7 +17,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from e2urec.backbones import Backbone
 from e2urec.data.prepared import Catalog
-from e2urec.data.samples import Sample, with_unrated
+from e2urec.data.samples import NEGATIVE_POOLS, Sample, with_unrated
 from e2urec.encoding import answer_loss, collate, encode_prompts, target_loss
 from e2urec.lora import lora_config
 from e2urec.metrics import utility
@@ -57,6 +57,9 @@ class TrainConfig:
     # paper's P(like | rated); above 0 the model learns P(rated and liked), what reranking a
     # candidate list needs.
     negatives: float = 0.0
+    # Where those negatives come from: "popularity", or "co-occurrence": the candidates a
+    # co-occurrence stage proposes for the sample's history, i.e. the lists a rerank orders.
+    negatives_from: Literal["popularity", "co-occurrence"] = "popularity"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -73,6 +76,11 @@ class TrainConfig:
         if self.negatives < 0:
             raise ValueError(
                 f"negatives must be >= 0 (unrated items per sample), got {self.negatives}"
+            )
+        if self.negatives_from not in NEGATIVE_POOLS:
+            raise ValueError(
+                f"negatives_from must be one of {', '.join(NEGATIVE_POOLS)}, "
+                f"got {self.negatives_from!r}"
             )
         if self.early_stop_on not in ("auc", "loss"):
             raise ValueError(f"early_stop_on must be 'auc' or 'loss', got {self.early_stop_on!r}")
@@ -218,7 +226,7 @@ def train_llmrec(
             "(no AVX512-BF16/AMX); training in float32, which is faster here"
         )
     trainable = [p for p in model.parameters() if p.requires_grad]
-    train = with_unrated(train, cfg.negatives, cfg.seed)
+    train = with_unrated(train, cfg.negatives, cfg.seed, pool=cfg.negatives_from)
     encoded = encode_prompts(backbone.tokenizer, fmt, [catalog.prompt(s) for s in train])
     labels = [s.label for s in train]
     lengths = [len(e) for e in encoded]

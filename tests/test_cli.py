@@ -112,7 +112,11 @@ def test_train_defaults_follow_the_backbone():
     assert (given.lora, given.lr, given.max_valid_samples, given.epochs) == (False, 5e-5, None, 1)
     ranking = cli_train_config("smollm2-135m", negatives=0.5)
     assert ranking.negatives == 0.5 and llm.negatives == 0.0
-    assert "0.5 unrated item(s) per sample" in describe_config("smollm2-135m", ranking)
+    assert "0.5 unrated item(s) per sample as negatives (drawn by popularity)" in describe_config(
+        "smollm2-135m", ranking
+    )
+    hard = cli_train_config("smollm2-135m", negatives=1.0, negatives_from="co-occurrence")
+    assert "(drawn by co-occurrence)" in describe_config("smollm2-135m", hard)
 
 
 def test_unlearn_lists_the_registry_and_refuses_an_unknown_method_before_loading(tmp_path: Path):

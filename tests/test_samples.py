@@ -148,3 +148,39 @@ def test_unrated_negatives_are_popular_items_the_user_never_rated(synthetic):
     assert with_unrated(train, 0.5, seed=3) == out and with_unrated(train, 0, seed=3) == train
     with pytest.raises(ValueError, match="per_sample"):
         with_unrated(train, -1, seed=3)
+
+
+def test_co_occurrence_negatives_come_from_the_candidate_stage_lists(synthetic):
+    from collections import Counter
+
+    from e2urec.data.samples import with_unrated
+
+    train = make_splits(synthetic, SampleConfig(max_samples=None)).train
+    out = with_unrated(train, 0.5, seed=3, pool="co-occurrence", pool_size=20)
+    assert out[: len(train)] == train and len(out) == len(train) + round(len(train) * 0.5)
+    rated: dict[int, set[int]] = {}
+    for s in train:
+        rated.setdefault(s.user_id, set()).update([s.item_id, *(i for i, _ in s.history)])
+    who_rated: dict[int, set[int]] = {}
+    for user, items in rated.items():
+        for i in items:
+            who_rated.setdefault(i, set()).add(user)
+
+    def top_unrated(history, user, n):  # the service's score: X^T X r, ties by item id
+        score: Counter = Counter()
+        overlap = Counter(u for i in {i for i, _ in history} for u in who_rated[i])
+        for u, shared in overlap.items():
+            for i in rated[u]:
+                score[i] += shared
+        ranked = sorted(score, key=lambda i: (-score[i], i))
+        return [i for i in ranked if i not in rated[user]][:n]
+
+    negatives = out[len(train) :]
+    for n in negatives[:200]:
+        assert (n.label, n.rating) == (0, 0.0) and n.item_id not in rated[n.user_id]
+        assert n.item_id in top_unrated(n.history, n.user_id, 20)
+    # a different draw from the popularity pool: the lists depend on the history
+    assert negatives != with_unrated(train, 0.5, seed=3)[len(train) :]
+    assert with_unrated(train, 0.5, seed=3, pool="co-occurrence", pool_size=20) == out
+    with pytest.raises(ValueError, match="pool must be one of popularity, co-occurrence"):
+        with_unrated(train, 0.5, seed=3, pool="random")

@@ -141,6 +141,8 @@ def test_negatives_add_unrated_items_to_the_training_steps(small):
     assert steps[1.0].steps == math.ceil(2 * len(splits.train) / 64)
     with pytest.raises(ValueError, match="negatives"):
         TrainConfig(negatives=-0.5)
+    with pytest.raises(ValueError, match="negatives_from must be one of popularity, co-occurrence"):
+        TrainConfig(negatives=1.0, negatives_from="random")
 
 
 def test_early_stopping_records_why(small):

@@ -83,7 +83,12 @@ def describe_config(backbone: str, cfg: TrainConfig) -> str:
     return (
         f"training {backbone}: {how}; {cfg.epochs} epoch(s) at lr {cfg.lr:g}, batch "
         f"{cfg.batch_size}, {cfg.objective} objective, bf16 {'on' if cfg.bf16 else 'off'}"
-        + (f", {cfg.negatives:g} unrated item(s) per sample as negatives" if cfg.negatives else "")
+        + (
+            f", {cfg.negatives:g} unrated item(s) per sample as negatives "
+            f"(drawn by {cfg.negatives_from})"
+            if cfg.negatives
+            else ""
+        )
     )
 
 
@@ -151,6 +156,13 @@ def train(
             "the paper; e.g. 0.5 learns P(rated and liked), for reranking candidates"
         ),
     ] = None,
+    negatives_from: Annotated[
+        str | None,
+        typer.Option(
+            help="popularity, or co-occurrence: the unrated items a co-occurrence candidate "
+            "stage proposes for the sample's history (the lists a rerank orders)"
+        ),
+    ] = None,
     seed: int = 0,
     device: Annotated[
         str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present)")
@@ -173,6 +185,7 @@ def train(
         valid_samples=valid_samples,
         objective=objective,
         negatives=negatives,
+        negatives_from=negatives_from,
         seed=seed,
     )
     console.print(f"[dim]{describe_config(backbone, cfg)}[/dim]")

@@ -13,6 +13,8 @@ from collections import defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from e2urec.data.schema import Dataset
 
 
@@ -147,18 +149,39 @@ def make_splits(dataset: Dataset, config: SampleConfig) -> Splits:
     return split_samples(build_samples(dataset, config), config)
 
 
-def with_unrated(samples: Sequence[Sample], per_sample: float, seed: int) -> list[Sample]:
+NEGATIVE_POOLS = ("popularity", "co-occurrence")
+
+
+def with_unrated(
+    samples: Sequence[Sample],
+    per_sample: float,
+    seed: int,
+    pool: str = "popularity",
+    pool_size: int = 50,
+) -> list[Sample]:
     """``samples`` plus about ``per_sample`` negatives for each: the same user, history and time
-    with an item that user has not rated anywhere in ``samples`` (targets or histories), drawn in
-    proportion to how often the item appears there, and labelled "No" (rating 0).
+    with an item that user has not rated anywhere in ``samples`` (targets or histories),
+    labelled "No" (rating 0).
 
     A model trained on rated items alone learns P(like | rated); ranking candidates needs
-    P(rated and liked), since an unrated candidate is as much a miss as a disliked one. Drawing
-    by popularity keeps the negatives as popular as the items a candidate stage proposes, so the
-    model cannot tell them apart by popularity alone. Only the train split gets them; validation
-    and test stay rated items, so AUC/GAUC keep their meaning."""
+    P(rated and liked), since an unrated candidate is as much a miss as a disliked one. Where the
+    negative comes from decides what the model learns to tell apart:
+
+    - ``popularity``: drawn in proportion to how often the item appears in ``samples``, so the
+      negatives are as popular as what a candidate stage proposes;
+    - ``co-occurrence``: drawn uniformly from the ``pool_size`` items that a co-occurrence
+      candidate stage (the service's, ``X^T X r`` over who rated what in ``samples``) proposes
+      for the sample's history, less what the user rated: the very lists a rerank has to
+      order, so the model learns to separate what the user goes on to rate from its neighbours.
+
+    Only the train split gets them; validation and test stay rated items, so AUC/GAUC keep
+    their meaning."""
     if per_sample < 0:
         raise ValueError(f"per_sample must be >= 0, got {per_sample}")
+    if pool not in NEGATIVE_POOLS:
+        raise ValueError(f"pool must be one of {', '.join(NEGATIVE_POOLS)}, got {pool!r}")
+    if pool_size < 1:
+        raise ValueError(f"pool_size must be at least 1, got {pool_size}")
     if per_sample == 0 or not samples:
         return list(samples)
     rated: dict[int, set[int]] = defaultdict(set)
@@ -173,10 +196,59 @@ def with_unrated(samples: Sequence[Sample], per_sample: float, seed: int) -> lis
     rng = random.Random(seed)
     n = round(len(samples) * per_sample)
     out = list(samples)
+    neighbours = _CoOccurrence(rated, items) if pool == "co-occurrence" else None
     for s in rng.choices(samples, k=n):
+        if neighbours is not None:
+            # an empty pool (a history of items nobody else rated) falls back to popularity
+            candidates = neighbours.top([i for i, _ in s.history], rated[s.user_id], pool_size)
+            if candidates:
+                item = rng.choice(candidates)
+                out.append(Sample(s.user_id, item, 0.0, 0, s.timestamp, s.history))
+                continue
         for _ in range(100):  # a user who rated nearly every item could exhaust the draws
             item = rng.choices(items, cum_weights=cumulative)[0]
             if item not in rated[s.user_id]:
                 out.append(Sample(s.user_id, item, 0.0, 0, s.timestamp, s.history))
                 break
     return out
+
+
+class _CoOccurrence:
+    """Co-occurrence candidates over who rated what: the scores the service's candidate stage
+    computes (``service.serving.candidates``), in the library so that training needs no
+    database. Lists are cached per history, since a user's consecutive samples share most of
+    theirs and the same sample can be drawn twice."""
+
+    def __init__(self, rated: dict[int, set[int]], items: list[int]):
+        from scipy import sparse
+
+        self._items = np.asarray(items, dtype=np.int64)
+        self._col = {i: k for k, i in enumerate(items)}
+        rows, cols = [], []
+        for r, user in enumerate(sorted(rated)):
+            rows += [r] * len(rated[user])
+            cols += [self._col[i] for i in rated[user]]
+        x = sparse.csr_matrix(
+            (np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(rated), len(items))
+        )
+        self._x, self._xt = x, x.T.tocsr()
+        self._cache: dict[tuple[int, ...], np.ndarray] = {}
+
+    def top(self, recent: list[int], exclude: set[int], n: int) -> list[int]:
+        key = tuple(sorted(set(recent)))
+        if key not in self._cache:
+            r = np.zeros(len(self._items), dtype=np.float32)
+            r[[self._col[i] for i in key if i in self._col]] = 1.0
+            scores = np.asarray(self._xt @ (self._x @ r)).ravel()
+            # every item some neighbour rated, best first, ties by item id as the service
+            # breaks them (a full sort: a few thousand items, and exact at the cut)
+            keep = np.flatnonzero(scores > 0)
+            self._cache[key] = self._items[keep[np.lexsort((self._items[keep], -scores[keep]))]]
+        ranked = self._cache[key]
+        out: list[int] = []
+        for i in ranked:
+            if int(i) not in exclude:
+                out.append(int(i))
+                if len(out) == n:
+                    break
+        return out
