@@ -12,6 +12,9 @@ lists are compared on HR@10 and NDCG@10 of those liked items:
       all, and the LLM (trained on rated items only) for the chance they like it once rated.
       A test hit needs both, and no weight is tuned on the test users.
 Same users, same candidates, one run; every candidate's scores are saved in scores.json.
+``--period test --period valid`` measures both periods in one run (the validation period's users
+are ones no model trained on either) and adds a pooled comparison over every (period, user) pair,
+resampled by user: with some 60 users a period only differences of about 0.1 in HR@10 show.
 Also reported: recall@50 of the candidates (the most any rerank can reach) and how far apart
 the LLM's scores for one user's candidates are (a model whose scores differ in the fifth decimal
 cannot order anything).
@@ -104,43 +107,77 @@ def main(
     out: Annotated[Path, typer.Option(help="folder for ranking.json and ranking.md")],
     candidates: int = 50,
     k: int = 10,
-    max_users: Annotated[int, typer.Option(help="at most this many test users (0 = all)")] = 0,
+    max_users: Annotated[int, typer.Option(help="at most this many users a period (0 = all)")] = 0,
     period: Annotated[
-        str,
+        list[str] | None,
         typer.Option(
-            help="test, or valid: the period before it, which the models never trained on "
-            "either (other users and items: a second look at the same models)"
+            help="test (default), or valid: the period before it, which the models never "
+            "trained on either (other users and items: a second look at the same models); "
+            "repeat for both, which adds a pooled comparison"
         ),
-    ] = "test",
+    ] = None,
 ) -> None:
     from e2urec.data import load_dataset, load_prepared
     from e2urec.model_store import load_model
 
+    periods = period or ["test"]
+    if not set(periods) <= {"test", "valid"} or len(set(periods)) < len(periods):
+        raise typer.BadParameter(f"--period takes test and/or valid, once each; got {periods}")
+    names, paths = [], []
+    for spec in model:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not Path(path).is_dir():
+            raise typer.BadParameter(f"--model takes NAME=PATH of a trained model, got {spec!r}")
+        names.append(name)
+        paths.append(path)
     prepared = load_prepared(data)
     source = prepared.meta["source"]
     dataset = load_dataset(
         source["format"], Path(source["path"]), ratings_file=source["ratings_file"]
     )
-    catalog, splits = prepared.catalog, prepared.splits
-    if period not in ("test", "valid"):
-        raise typer.BadParameter(f"--period must be test or valid, got {period!r}")
-    evaluated = splits.named(period)
-    test_start = min(s.timestamp for s in evaluated)
-    index, seen = candidate_index(dataset.interactions, test_start)
-    first_test: dict[int, object] = {}
+    backbones = {n: load_model(p, device="cpu")[0] for n, p in zip(names, paths, strict=True)}
+    per_user = {}
+    for name in periods:
+        evaluated = prepared.splits.named(name)
+        index, seen = candidate_index(dataset.interactions, min(s.timestamp for s in evaluated))
+        users = period_users(evaluated, seen, max_users)
+        result, per_user[name], saved = evaluate(
+            prepared.catalog, index, seen, users, backbones, candidates, k
+        )
+        result.update(period=name, data=str(data), command=command_line(), machine=machine())
+        folder = out if name == periods[0] else out / f"{name}-period"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "ranking.json").write_text(json.dumps(result, indent=2))
+        (folder / "ranking.md").write_text(render(result))
+        (folder / "scores.json").write_text(json.dumps(saved))
+        print(render(result))
+    if len(periods) > 1:
+        pooled = pooled_versus(per_user, k)
+        (out / "pooled.json").write_text(json.dumps(pooled, indent=2))
+        (out / "pooled.md").write_text(render_pooled(pooled, command_line()))
+        print(render_pooled(pooled, command_line()))
+
+
+def period_users(evaluated, seen: dict[int, set[int]], max_users: int) -> list:
+    """(user, history, liked items) for the period's users with at least one liked item they
+    had not seen before the period; the history is that of their first sample in it."""
+    first: dict[int, object] = {}
     liked: dict[int, set[int]] = {}
     for s in sorted(evaluated, key=lambda s: s.timestamp):
-        first_test.setdefault(s.user_id, s)
+        first.setdefault(s.user_id, s)
         if s.label == 1:
             liked.setdefault(s.user_id, set()).add(s.item_id)
     users = []
     for user, items in sorted(liked.items()):
         relevant = items - seen.get(user, set())
-        history = first_test[user].history
+        history = first[user].history
         if relevant and history and user in seen:
             users.append((user, history, relevant))
-    if max_users:
-        users = users[:max_users]
+    return users[:max_users] if max_users else users
+
+
+def evaluate(catalog, index, seen, users: list, backbones: dict, candidates: int, k: int):
+    """Every ranking of one period's users: (result, per-user hits and NDCG, saved scores)."""
     lists: dict[str, dict[int, list[int]]] = {"popularity": {}, "candidate stage": {}}
     pools: dict[int, list[int]] = {}
     stage_scores: dict[int, np.ndarray] = {}
@@ -159,9 +196,7 @@ def main(
     }
     spreads: dict[str, float] = {}
     seconds: dict[str, float] = {}
-    for spec in model:
-        name, _, path = spec.partition("=")
-        backbone, _ = load_model(path, device="cpu")
+    for name, backbone in backbones.items():
         ranked, blended, spread, kept = {}, {}, [], {}
         started = time.perf_counter()
         for user, history, _ in tqdm(users, desc=f"reranking with {name}", leave=False):
@@ -179,7 +214,7 @@ def main(
     rows, per_user = {}, {}
     for method, by_user in lists.items():
         hits, ndcgs = zip(*(hit_and_ndcg(by_user[u], rel, k) for u, _, rel in users), strict=True)
-        per_user[method] = {"hr": np.array(hits), "ndcg": np.array(ndcgs)}
+        per_user[method] = {"user": [u for u, _, _ in users], "hr": hits, "ndcg": ndcgs}
         rows[method] = {"hr": float(np.mean(hits)), "ndcg": float(np.mean(ndcgs))}
     # Does each rerank beat the order it reranks? Paired over the same users.
     versus = {
@@ -192,7 +227,6 @@ def main(
     }
     recall = float(np.mean([len(set(pools[u]) & rel) / len(rel) for u, _, rel in users]))
     result = {
-        "period": period,
         "users": len(users),
         "candidates": candidates,
         "k": k,
@@ -201,15 +235,65 @@ def main(
         "candidate_recall": recall,
         "score_spread_median": spreads,
         "rerank_seconds": seconds,
-        "data": str(data),
-        "command": command_line(),
-        "machine": machine(),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "ranking.json").write_text(json.dumps(result, indent=2))
-    (out / "ranking.md").write_text(render(result))
-    (out / "scores.json").write_text(json.dumps(saved))
-    print(render(result))
+    return result, per_user, saved
+
+
+def clustered_difference(
+    a: np.ndarray, b: np.ndarray, cluster: list, rounds: int = 5000, seed: int = 0
+) -> dict[str, float]:
+    """Mean of a - b over rows with a 95% bootstrap interval that resamples whole clusters: a
+    user who appears in two periods is one draw, not two independent ones."""
+    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    keys = sorted(set(cluster))
+    at = {c: k for k, c in enumerate(keys)}
+    member = np.array([at[c] for c in cluster])
+    sums = np.bincount(member, weights=diff, minlength=len(keys))
+    sizes = np.bincount(member, minlength=len(keys)).astype(float)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(keys), size=(rounds, len(keys)))
+    means = sums[draws].sum(axis=1) / sizes[draws].sum(axis=1)
+    lo, hi = np.quantile(means, [0.025, 0.975])
+    return {"mean": float(diff.mean()), "low": float(lo), "high": float(hi)}
+
+
+def pooled_versus(per_user: dict[str, dict], k: int) -> dict:
+    """Each rerank against the candidate order over every period's users at once."""
+    periods = list(per_user)
+    methods = [m for m in per_user[periods[0]] if m.startswith("LLM")]
+    users = [u for p in periods for u in per_user[p]["candidate stage"]["user"]]
+    out: dict = {"periods": periods, "rows": len(users), "users": len(set(users)), "k": k}
+    out["rerank_vs_candidate_stage"] = {
+        m: {
+            metric: clustered_difference(
+                np.concatenate([per_user[p][m][metric] for p in periods]),
+                np.concatenate([per_user[p]["candidate stage"][metric] for p in periods]),
+                users,
+            )
+            for metric in ("hr", "ndcg")
+        }
+        for m in methods
+    }
+    return out
+
+
+def render_pooled(r: dict, command: str) -> str:
+    k = r["k"]
+    lines = [
+        f"# Rerank minus the candidate order, {' and '.join(r['periods'])} periods pooled",
+        "",
+        f"{r['rows']} (period, user) pairs from {r['users']} distinct users; 95% bootstrap "
+        "intervals resample users (a user in both periods counts once):",
+        "",
+        f"| rerank | HR@{k} difference | NDCG@{k} difference | beats the candidate order |",
+        "|---|---|---|---|",
+    ]
+    for method, d in r["rerank_vs_candidate_stage"].items():
+        cells = [
+            f"{d[m]['mean']:+.4f} [{d[m]['low']:+.4f}, {d[m]['high']:+.4f}]" for m in ("hr", "ndcg")
+        ]
+        lines.append(f"| {method} | {cells[0]} | {cells[1]} | {verdict(d)} |")
+    return "\n".join([*lines, "", f"Command: `{command}`", ""])
 
 
 def ordered(pool: list[int], scores: np.ndarray) -> list[int]:

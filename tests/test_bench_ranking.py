@@ -49,3 +49,22 @@ def test_a_popularity_top_up_never_outranks_co_occurrence_evidence():
     from service.serving.candidates import Candidate
 
     assert [Candidate(1, s, 1.0).tier for s in ("co-occurrence", "popularity")] == [0, 1]
+
+
+def test_pooling_two_periods_counts_a_user_in_both_once():
+    from bench.ranking import clustered_difference
+
+    rng = np.random.default_rng(1)
+    a, b = rng.integers(0, 2, 40).astype(float), rng.integers(0, 2, 40).astype(float)
+    alone = paired_difference(a, b)
+    # distinct users: the same estimate and about the same interval as the paired one
+    distinct = clustered_difference(a, b, list(range(40)))
+    assert abs(distinct["mean"] - alone["mean"]) < 1e-12
+    assert abs((distinct["high"] - distinct["low"]) - (alone["high"] - alone["low"])) < 0.05
+    # every user seen twice with the same outcome is no new evidence: the interval stays as
+    # wide as with one copy, where treating the copies as new users would narrow it by ~1/sqrt(2)
+    twice = clustered_difference(np.r_[a, a], np.r_[b, b], list(range(40)) * 2)
+    naive = paired_difference(np.r_[a, a], np.r_[b, b])
+    width = twice["high"] - twice["low"]
+    assert abs(width - (alone["high"] - alone["low"])) < 0.05
+    assert width > 1.25 * (naive["high"] - naive["low"])
