@@ -29,6 +29,8 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -103,7 +105,17 @@ def llm_scores(backbone, catalog, user: int, history, items: list[int]) -> np.nd
 @app.command()
 def main(
     data: Annotated[Path, typer.Option(help="prepared dataset the models were trained on")],
-    model: Annotated[list[str], typer.Option(help="NAME=PATH of a trained model (repeat)")],
+    model: Annotated[
+        list[str] | None, typer.Option(help="NAME=PATH of a trained model (repeat)")
+    ] = None,
+    saved: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="NAME@FOLDER: a model's P(like) from an earlier run's scores.json (its "
+            "candidates must be these; repeat), to compare models that are not at hand"
+        ),
+    ] = None,
+    *,
     out: Annotated[Path, typer.Option(help="folder for ranking.json and ranking.md")],
     candidates: int = 50,
     k: int = 10,
@@ -124,32 +136,39 @@ def main(
     if not set(periods) <= {"test", "valid"} or len(set(periods)) < len(periods):
         raise typer.BadParameter(f"--period takes test and/or valid, once each; got {periods}")
     names, paths = [], []
-    for spec in model:
+    for spec in model or []:
         name, sep, path = spec.partition("=")
         if not sep or not name or not Path(path).is_dir():
             raise typer.BadParameter(f"--model takes NAME=PATH of a trained model, got {spec!r}")
         names.append(name)
         paths.append(path)
+    earlier = {name: folder for name, folder in map(parse_saved, saved or [])}
+    if not names and not earlier:
+        raise typer.BadParameter("give at least one --model NAME=PATH or --saved NAME@FOLDER")
     prepared = load_prepared(data)
     source = prepared.meta["source"]
     dataset = load_dataset(
         source["format"], Path(source["path"]), ratings_file=source["ratings_file"]
     )
     backbones = {n: load_model(p, device="cpu")[0] for n, p in zip(names, paths, strict=True)}
+    scorers: dict[str, Scorer] = {
+        n: partial(llm_scores, b, prepared.catalog) for n, b in backbones.items()
+    }
     per_user = {}
     for name in periods:
         evaluated = prepared.splits.named(name)
         index, seen = candidate_index(dataset.interactions, min(s.timestamp for s in evaluated))
         users = period_users(evaluated, seen, max_users)
-        result, per_user[name], saved = evaluate(
-            prepared.catalog, index, seen, users, backbones, candidates, k
-        )
-        result.update(period=name, data=str(data), command=command_line(), machine=machine())
         folder = out if name == periods[0] else out / f"{name}-period"
+        for model_name, run in earlier.items():
+            at = run if name == periods[0] else run / f"{name}-period"
+            scorers[f"{model_name} (saved)"] = SavedScores(at / "scores.json", model_name)
+        result, per_user[name], kept = evaluate(index, seen, users, scorers, candidates, k)
+        result.update(period=name, data=str(data), command=command_line(), machine=machine())
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "ranking.json").write_text(json.dumps(result, indent=2))
         (folder / "ranking.md").write_text(render(result))
-        (folder / "scores.json").write_text(json.dumps(saved))
+        (folder / "scores.json").write_text(json.dumps(kept))
         print(render(result))
     if len(periods) > 1:
         pooled = pooled_versus(per_user, k)
@@ -176,7 +195,44 @@ def period_users(evaluated, seen: dict[int, set[int]], max_users: int) -> list:
     return users[:max_users] if max_users else users
 
 
-def evaluate(catalog, index, seen, users: list, backbones: dict, candidates: int, k: int):
+def parse_saved(spec: str) -> tuple[str, Path]:
+    name, sep, folder = spec.partition("@")
+    if not sep or not name or not (Path(folder) / "scores.json").is_file():
+        raise typer.BadParameter(
+            f"--saved takes NAME@FOLDER, a folder with an earlier run's scores.json, got {spec!r}"
+        )
+    return name, Path(folder)
+
+
+Scorer = Callable[[int, tuple, list[int]], np.ndarray]
+
+
+class SavedScores:
+    """A model's P(like) for each user's candidates as an earlier run saved them. Refuses a user
+    whose candidates differ from this run's: the scores would belong to another list."""
+
+    def __init__(self, path: Path, model: str):
+        if not path.is_file():
+            raise typer.BadParameter(
+                f"{path} is missing: the earlier run did not cover this period"
+            )
+        saved = json.loads(path.read_text())
+        key = f"P(like): {model}"
+        if key not in saved:
+            models = [m.removeprefix("P(like): ") for m in saved if m.startswith("P(like): ")]
+            raise typer.BadParameter(f"{path} has no scores for {model!r}; it has {models}")
+        self._pools, self._scores, self._path = saved["candidates"], saved[key], path
+
+    def __call__(self, user: int, history: tuple, pool: list[int]) -> np.ndarray:
+        if self._pools.get(str(user)) != list(pool):
+            raise typer.BadParameter(
+                f"{self._path}: user {user}'s candidates differ from this run's (another split "
+                "or candidate stage); rescore the model with --model instead"
+            )
+        return np.asarray(self._scores[str(user)])
+
+
+def evaluate(index, seen, users: list, scorers: dict[str, Scorer], candidates: int, k: int):
     """Every ranking of one period's users: (result, per-user hits and NDCG, saved scores)."""
     lists: dict[str, dict[int, list[int]]] = {"popularity": {}, "candidate stage": {}}
     pools: dict[int, list[int]] = {}
@@ -196,17 +252,18 @@ def evaluate(catalog, index, seen, users: list, backbones: dict, candidates: int
     }
     spreads: dict[str, float] = {}
     seconds: dict[str, float] = {}
-    for name, backbone in backbones.items():
+    for name, score in scorers.items():
         ranked, blended, spread, kept = {}, {}, [], {}
         started = time.perf_counter()
         for user, history, _ in tqdm(users, desc=f"reranking with {name}", leave=False):
-            scores = llm_scores(backbone, catalog, user, history, pools[user])
+            scores = score(user, history, pools[user])
             ranked[user] = ordered(pools[user], scores)
             blend = blended_order(stage_scores[user], scores, tiers[user])  # as /recommend does
             blended[user] = [pools[user][j] for j in blend]
             spread.append(float(np.std(scores)))
             kept[user] = [float(x) for x in scores]
-        seconds[name] = time.perf_counter() - started
+        if not isinstance(score, SavedScores):
+            seconds[name] = time.perf_counter() - started
         lists[f"LLM rerank: {name}"] = ranked
         lists[f"LLM x candidate stage: {name}"] = blended
         spreads[name] = float(np.median(spread))
@@ -345,7 +402,9 @@ def render(r: dict) -> str:
             lines.append(f"| {method} | {cells[0]} | {cells[1]} | {verdict(d)} |")
     lines += ["", "Median standard deviation of one user's candidate scores, and rerank time:", ""]
     for name, spread in r["score_spread_median"].items():
-        lines.append(f"- {name}: {spread:.2e} ({r['rerank_seconds'][name]:.0f} s in all)")
+        took = r["rerank_seconds"].get(name)
+        when = f"{took:.0f} s in all" if took is not None else "scores from an earlier run"
+        lines.append(f"- {name}: {spread:.2e} ({when})")
     lines += ["", f"Command: `{r['command']}`", "", f"Machine: {r['machine']}", ""]
     return "\n".join(lines)
 

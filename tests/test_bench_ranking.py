@@ -68,3 +68,22 @@ def test_pooling_two_periods_counts_a_user_in_both_once():
     width = twice["high"] - twice["low"]
     assert abs(width - (alone["high"] - alone["low"])) < 0.05
     assert width > 1.25 * (naive["high"] - naive["low"])
+
+
+def test_saved_scores_belong_to_the_same_candidate_lists(tmp_path):
+    import json
+
+    import pytest
+    import typer
+
+    from bench.ranking import SavedScores
+
+    path = tmp_path / "scores.json"
+    path.write_text(
+        json.dumps({"candidates": {"7": [3, 1, 2]}, "P(like): m": {"7": [0.2, 0.9, 0.5]}})
+    )
+    assert SavedScores(path, "m")(7, (), [3, 1, 2]).tolist() == [0.2, 0.9, 0.5]
+    with pytest.raises(typer.BadParameter, match="user 7's candidates differ"):
+        SavedScores(path, "m")(7, (), [1, 3, 2])  # another order is another list
+    with pytest.raises(typer.BadParameter, match=r"no scores for 'other'; it has \['m'\]"):
+        SavedScores(path, "other")
