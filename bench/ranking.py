@@ -22,6 +22,11 @@ cannot order anything).
     python -m bench.ranking --data /tmp/e2urec-backbones/data \
         --model tiny=/tmp/e2urec-backbones/tiny \
         --model smollm2-135m=/tmp/e2urec-backbones/smollm2-135m --out bench/results/ranking-cpu
+
+    # both periods, pooled; a model scored by an earlier run (same split, same candidates)
+    python -m bench.ranking --data /tmp/rank4k/data --period test --period valid \
+        --model tiny=/tmp/rank4k/tiny \
+        --saved smollm2-135m@bench/results/ranking-ml1m-4k-blend-negatives-cpu --out /tmp/rank
 """
 
 from __future__ import annotations
