@@ -347,15 +347,23 @@ def render_pooled(r: dict, command: str) -> str:
         f"{r['rows']} (period, user) pairs from {r['users']} distinct users; 95% bootstrap "
         "intervals resample users (a user in both periods counts once):",
         "",
+        *versus_table(r["rerank_vs_candidate_stage"], k),
+    ]
+    return "\n".join([*lines, "", f"Command: `{command}`", ""])
+
+
+def versus_table(versus: dict[str, dict], k: int) -> list[str]:
+    """Markdown rows: each rerank minus the candidate order, with intervals and the verdict."""
+    lines = [
         f"| rerank | HR@{k} difference | NDCG@{k} difference | beats the candidate order |",
         "|---|---|---|---|",
     ]
-    for method, d in r["rerank_vs_candidate_stage"].items():
+    for method, d in versus.items():
         cells = [
             f"{d[m]['mean']:+.4f} [{d[m]['low']:+.4f}, {d[m]['high']:+.4f}]" for m in ("hr", "ndcg")
         ]
         lines.append(f"| {method} | {cells[0]} | {cells[1]} | {verdict(d)} |")
-    return "\n".join([*lines, "", f"Command: `{command}`", ""])
+    return lines
 
 
 def ordered(pool: list[int], scores: np.ndarray) -> list[int]:
@@ -396,15 +404,8 @@ def render(r: dict) -> str:
             "Rerank minus the candidate stage's order, per user, mean and 95% bootstrap interval "
             "(users resampled; an interval above 0 is a win beyond chance):",
             "",
-            f"| rerank | HR@{k} difference | NDCG@{k} difference | beats the candidate order |",
-            "|---|---|---|---|",
+            *versus_table(r["rerank_vs_candidate_stage"], k),
         ]
-        for method, d in r["rerank_vs_candidate_stage"].items():
-            cells = [
-                f"{d[m]['mean']:+.4f} [{d[m]['low']:+.4f}, {d[m]['high']:+.4f}]"
-                for m in ("hr", "ndcg")
-            ]
-            lines.append(f"| {method} | {cells[0]} | {cells[1]} | {verdict(d)} |")
     lines += ["", "Median standard deviation of one user's candidate scores, and rerank time:", ""]
     for name, spread in r["score_spread_median"].items():
         took = r["rerank_seconds"].get(name)
