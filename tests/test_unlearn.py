@@ -69,14 +69,15 @@ def trained():
     catalog = Catalog.of(ds)
     corpus = catalog.texts() + [catalog.prompt(s).text for s in splits.train]
     original = load_backbone("tiny", corpus=corpus, device="cpu")
-    # Early stopping keeps the checkpoint that does best on the data it is given; handing it
-    # the training set keeps the most fitted one, so the forget users are clearly remembered
-    # (on held-out data the best checkpoint barely memorizes, and "forgetting" is noise).
+    # A fixed schedule, no early stopping: the last of eight epochs is the most fitted, so the
+    # forget users are clearly remembered (early stopping on held-out data keeps a checkpoint
+    # that barely memorizes, and "forgetting" is noise). Handing it the training set as
+    # validation kept the same last checkpoint at 40% more time.
     train_llmrec(
         original,
         catalog,
         splits.train,
-        splits.train,
+        [],
         TrainConfig(epochs=8, lr=3e-3, patience=8),
         progress=False,
     )
