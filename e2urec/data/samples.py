@@ -13,8 +13,7 @@ from collections import defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
-
+from e2urec.cooccurrence import CoOccurrence
 from e2urec.data.schema import Dataset
 
 
@@ -214,41 +213,26 @@ def with_unrated(
 
 
 class _CoOccurrence:
-    """Co-occurrence candidates over who rated what: the scores the service's candidate stage
-    computes (``service.serving.candidates``), in the library so that training needs no
-    database. Lists are cached per history, since a user's consecutive samples share most of
-    theirs and the same sample can be drawn twice."""
+    """The service's co-occurrence candidates (``e2urec.cooccurrence``) over who rated what in
+    the samples, so that training needs no database. Lists are cached per history, since a
+    user's consecutive samples share most of theirs and the same sample can be drawn twice."""
 
     def __init__(self, rated: dict[int, set[int]], items: list[int]):
-        from scipy import sparse
-
-        self._items = np.asarray(items, dtype=np.int64)
-        self._col = {i: k for k, i in enumerate(items)}
-        rows, cols = [], []
-        for r, user in enumerate(sorted(rated)):
-            rows += [r] * len(rated[user])
-            cols += [self._col[i] for i in rated[user]]
-        x = sparse.csr_matrix(
-            (np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(rated), len(items))
-        )
-        self._x, self._xt = x, x.T.tocsr()
-        self._cache: dict[tuple[int, ...], np.ndarray] = {}
+        self._co = CoOccurrence.from_ratings(rated, items)
+        self._cache: dict[tuple[int, ...], list[int]] = {}
 
     def top(self, recent: list[int], exclude: set[int], n: int) -> list[int]:
         key = tuple(sorted(set(recent)))
         if key not in self._cache:
-            r = np.zeros(len(self._items), dtype=np.float32)
-            r[[self._col[i] for i in key if i in self._col]] = 1.0
-            scores = np.asarray(self._xt @ (self._x @ r)).ravel()
+            scores = self._co.scores(key)
             # every item some neighbour rated, best first, ties by item id as the service
-            # breaks them (a full sort: a few thousand items, and exact at the cut)
-            keep = np.flatnonzero(scores > 0)
-            self._cache[key] = self._items[keep[np.lexsort((self._items[keep], -scores[keep]))]]
-        ranked = self._cache[key]
+            # breaks them; the user's own items are filtered per call, below
+            ranked = [] if scores is None else self._co.top(scores, len(self._co.item_ids))
+            self._cache[key] = [i for i, _ in ranked]
         out: list[int] = []
-        for i in ranked:
-            if int(i) not in exclude:
-                out.append(int(i))
+        for i in self._cache[key]:
+            if i not in exclude:
+                out.append(i)
                 if len(out) == n:
                     break
         return out

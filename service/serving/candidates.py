@@ -2,8 +2,9 @@
 
 The index is a user x item matrix ``X`` of who rated what, and a weight per user (1, or 0 once
 the user asked to be forgotten). Co-occurrence scores for a user's recent items ``r`` are
-``X^T (w * (X r))``, popularity is ``X^T w``: zeroing a weight removes that user from every
-candidate list at once, with no rebuild and without reading their data again. Before each use
+``X^T (w * (X r))``, popularity is ``X^T w`` (``e2urec.cooccurrence``, which training's hard
+negatives share): zeroing a weight removes that user from every candidate list at once, with no
+rebuild and without reading their data again. Before each use
 the index applies the forget requests accepted since it last looked, so the candidate stage
 forgets from the moment a request is accepted, in every process.
 
@@ -27,6 +28,7 @@ from scipy import sparse
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from e2urec.cooccurrence import CoOccurrence
 from service.core.db.models import ForgetRequest, Interaction, Item, User
 
 GAP_GRACE_S = 600.0  # far longer than any forget request's transaction
@@ -56,10 +58,7 @@ class CandidateIndex:
         external_ids: list[str],
     ):
         self._user_row = {int(u): k for k, u in enumerate(user_ids)}
-        self._item_ids = item_ids
-        self._item_col = {int(i): k for k, i in enumerate(item_ids)}
-        self._x = matrix.tocsr().astype(np.float32)
-        self._xt = self._x.T.tocsr()
+        self._co = CoOccurrence(matrix, item_ids)
         self._w = np.ones(len(user_ids), dtype=np.float32)
         self._external_ids = external_ids  # to map hashes of users deleted since the build
         self._by_hash: dict[str, int] | None = None
@@ -96,7 +95,6 @@ class CandidateIndex:
         x = sparse.csr_matrix(
             (np.ones(len(r), dtype=np.float32), (r, c)), shape=(len(user_ids), len(item_ids))
         )
-        x.data[:] = 1.0  # rated twice is still rated once
         return cls(user_ids, item_ids, x, int(watermark), [e for _, e in users])
 
     # -- forgetting ---------------------------------------------------------------------------
@@ -149,39 +147,30 @@ class CandidateIndex:
     # -- candidates ----------------------------------------------------------------------------
     def popular(self, n: int) -> list[Candidate]:
         with self._lock:
-            counts = self._xt @ self._w
+            counts = self._co.popularity(self._w)
         return self._top(counts, n, set(), "popularity")
 
     def popularity(self, item_ids: list[int]) -> list[float]:
         """How many (not forgotten) users rated each item."""
         with self._lock:
-            counts = self._xt @ self._w
-        return [float(counts[self._item_col[i]]) if i in self._item_col else 0.0 for i in item_ids]
+            counts = self._co.popularity(self._w)
+        col = self._co.column
+        return [float(counts[col[i]]) if i in col else 0.0 for i in item_ids]
 
     def for_user(self, recent: list[int], seen: set[int], n: int) -> list[Candidate]:
         """Items that users who rated the user's recent items also rated, minus what the user
         has seen; topped up with popular items when co-occurrence finds too few."""
-        cols = [self._item_col[i] for i in recent if i in self._item_col]
         with self._lock:
             found: list[Candidate] = []
-            if cols:
-                r = np.zeros(len(self._item_ids), dtype=np.float32)
-                r[cols] = 1.0
-                overlap = (self._x @ r) * self._w  # per user: how many recent items they share
-                found = self._top(self._xt @ overlap, n, seen, "co-occurrence")
+            scores = self._co.scores(recent, self._w)
+            if scores is not None:
+                found = self._top(scores, n, seen, "co-occurrence")
             if len(found) < n:
                 taken = seen | {c.item_id for c in found}
-                found += self._top(self._xt @ self._w, n - len(found), taken, "popularity")
+                found += self._top(
+                    self._co.popularity(self._w), n - len(found), taken, "popularity"
+                )
         return found
 
     def _top(self, scores: np.ndarray, n: int, exclude: set[int], source: str) -> list[Candidate]:
-        scores = np.asarray(scores, dtype=np.float64).copy()
-        if exclude:
-            cols = [self._item_col[i] for i in exclude if i in self._item_col]
-            scores[cols] = -np.inf
-        n = min(n, int(np.isfinite(scores).sum()), int((scores > 0).sum()))
-        if n <= 0:
-            return []
-        top = np.argpartition(-scores, n - 1)[:n]
-        top = top[np.lexsort((self._item_ids[top], -scores[top]))]  # ties by item id: stable
-        return [Candidate(int(self._item_ids[k]), source, float(scores[k])) for k in top]
+        return [Candidate(i, source, score) for i, score in self._co.top(scores, n, exclude)]
