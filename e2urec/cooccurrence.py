@@ -27,7 +27,7 @@ class CoOccurrence:
                 f"the matrix has {matrix.shape[1]} item columns for {len(self.item_ids)} item ids"
             )
         self.column = {int(i): k for k, i in enumerate(self.item_ids)}
-        x = sparse.csr_matrix(matrix, dtype=np.float32)
+        x = sparse.csr_matrix(matrix, dtype=np.float32, copy=True)  # the caller's stays as given
         x.data[:] = 1.0  # rated twice is still rated once
         self._x, self._xt = x, x.T.tocsr()
 

@@ -39,6 +39,13 @@ def test_top_breaks_ties_by_item_id_even_at_the_cut():
     assert co.top(np.zeros(5), 3) == []
 
 
+def test_counts_become_rated_once_without_touching_the_callers_matrix():
+    given = sparse.csr_matrix(np.array([[2.0, 0.0], [1.0, 3.0]], np.float32))
+    co = CoOccurrence(given, np.array([7, 8]))
+    np.testing.assert_allclose(co.popularity(), [2, 1])
+    np.testing.assert_allclose(given.toarray(), [[2, 0], [1, 3]])
+
+
 def test_a_matrix_and_ids_that_disagree_are_refused():
     with pytest.raises(ValueError, match="3 item columns for 2 item ids"):
         CoOccurrence(sparse.csr_matrix(np.ones((2, 3))), np.array([1, 2]))
