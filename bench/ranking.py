@@ -134,7 +134,7 @@ def main(
         ),
     ] = None,
 ) -> None:
-    from e2urec.data import load_dataset, load_prepared
+    from e2urec.data import load_prepared, load_source
     from e2urec.model_store import load_model
 
     periods = period or ["test"]
@@ -151,10 +151,7 @@ def main(
     if not names and not earlier:
         raise typer.BadParameter("give at least one --model NAME=PATH or --saved NAME@FOLDER")
     prepared = load_prepared(data)
-    source = prepared.meta["source"]
-    dataset = load_dataset(
-        source["format"], Path(source["path"]), ratings_file=source["ratings_file"]
-    )
+    dataset = load_source(prepared.meta["source"])
     backbones = {n: load_model(p, device="cpu")[0] for n, p in zip(names, paths, strict=True)}
     scorers: dict[str, Scorer] = {
         n: partial(llm_scores, b, prepared.catalog) for n, b in backbones.items()

@@ -215,3 +215,15 @@ def test_shared_goodbooks_books_with_the_sample_ratings(shared_data: Path):
     ds = load_dataset("auto", shared_data / "goodbooks-10k", ratings_file="samples/ratings.csv")
     assert ds.domain == "book" and len(ds.items) == 10_000 and len(ds.interactions) == 99
     assert ds.items[1].title == "The Hunger Games (The Hunger Games, #1)"
+
+
+def test_a_prepared_folders_source_loads_the_same_dataset_again(ml1m_dir: Path):
+    from e2urec.data import SyntheticConfig, generate_synthetic, load_source
+
+    synthetic = {"format": "auto", "path": None, "ratings_file": None, "dataset": "synthetic-7"}
+    again = load_source({**synthetic, "synthetic": {"users": 20, "items": 30, "seed": 7}})
+    assert again.interactions == generate_synthetic(SyntheticConfig(20, 30, seed=7)).interactions
+    folder = {"format": "ml-1m", "path": str(ml1m_dir), "ratings_file": None, "dataset": "ml-1m"}
+    assert load_source(folder).interactions == load_dataset("ml-1m", ml1m_dir).interactions
+    with pytest.raises(ValueError, match="names no dataset folder"):
+        load_source({**folder, "path": None})

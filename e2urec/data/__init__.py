@@ -38,6 +38,7 @@ __all__ = [
     "load_ml1m",
     "load_ml100k",
     "load_prepared",
+    "load_source",
     "make_splits",
     "save_prepared",
 ]
@@ -82,3 +83,17 @@ def load_dataset(
             raise ValueError("--ratings-file applies to ml-1m and goodbooks, not ml-100k")
         return load_ml100k(path)
     return load_goodbooks(path, ratings_file or "ratings.csv")
+
+
+def load_source(source: dict) -> Dataset:
+    """The dataset a prepared folder was made from, by the ``source`` its meta.json records
+    (``e2urec prepare`` writes it): the synthetic catalogue is generated again from its
+    recorded size and seed, a dataset folder is read again from its path."""
+    if "synthetic" in source:
+        s = source["synthetic"]
+        return generate_synthetic(
+            SyntheticConfig(users=s["users"], items=s["items"], seed=s["seed"])
+        )
+    if not source.get("path"):
+        raise ValueError(f"the prepared data's source names no dataset folder: {source}")
+    return load_dataset(source["format"], source["path"], ratings_file=source.get("ratings_file"))
