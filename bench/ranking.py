@@ -156,7 +156,7 @@ def main(
     scorers: dict[str, Scorer] = {
         n: partial(llm_scores, b, prepared.catalog) for n, b in backbones.items()
     }
-    per_user = {}
+    per_user, results, kept_scores, folders = {}, {}, {}, {}
     for name in periods:
         evaluated = prepared.splits.named(name)
         index, seen = candidate_index(dataset.interactions, min(s.timestamp for s in evaluated))
@@ -167,10 +167,27 @@ def main(
             scorers[f"{model_name} (saved)"] = SavedScores(at / "scores.json", model_name)
         result, per_user[name], kept = evaluate(index, seen, users, scorers, candidates, k)
         result.update(period=name, data=str(data), command=command_line(), machine=machine())
+        results[name], kept_scores[name], folders[name] = result, kept, folder
+    if {"valid", "test"} <= set(periods):
+        # One weight per model, chosen on the validation period's users and judged on the test
+        # period's: the plain product (weight 1) is a guess, not a fit.
+        for model_name in [
+            n.removeprefix("P(like): ") for n in kept_scores["valid"] if n.startswith("P(like): ")
+        ]:
+            weight, curve = fit_blend_weight(kept_scores["valid"], model_name, k)
+            method = f"LLM x candidate stage, weight {weight:g} fitted on valid: {model_name}"
+            hr, ndcg = blend_hits(kept_scores["test"], model_name, weight, k)
+            add_row(results["test"], per_user["test"], method, hr, ndcg)
+            results["test"].setdefault("fitted_blend", {})[model_name] = {
+                "weight": weight,
+                "valid_ndcg_by_weight": curve,
+            }
+    for name in periods:
+        folder, result = folders[name], results[name]
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "ranking.json").write_text(json.dumps(result, indent=2))
         (folder / "ranking.md").write_text(render(result))
-        (folder / "scores.json").write_text(json.dumps(kept))
+        (folder / "scores.json").write_text(json.dumps(kept_scores[name]))
         print(render(result))
     if len(periods) > 1:
         pooled = pooled_versus(per_user, k)
@@ -251,6 +268,8 @@ def evaluate(index, seen, users: list, scorers: dict[str, Scorer], candidates: i
     saved: dict[str, dict] = {
         "candidates": {u: pools[u] for u in pools},
         "candidate stage": {u: stage_scores[u].tolist() for u in pools},
+        "tiers": {u: tiers[u] for u in pools},  # 0 co-occurrence, 1 popularity top-up
+        "relevant": {u: sorted(rel) for u, _, rel in users},
     }
     spreads: dict[str, float] = {}
     seconds: dict[str, float] = {}
@@ -298,6 +317,45 @@ def evaluate(index, seen, users: list, scorers: dict[str, Scorer], candidates: i
     return result, per_user, saved
 
 
+BLEND_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+def blend_hits(saved: dict, model: str, weight: float, k: int) -> tuple[list[float], list[float]]:
+    """HR@k and NDCG@k per user (in ``saved``'s user order) of the blend with ``weight`` on
+    log P(like), from a period's saved scores: no model needed."""
+    like = saved[f"P(like): {model}"]
+    hits, ndcgs = [], []
+    for user, pool in saved["candidates"].items():
+        order = blended_order(
+            saved["candidate stage"][user], like[user], saved["tiers"][user], weight
+        )
+        hit, ndcg = hit_and_ndcg([pool[j] for j in order], set(saved["relevant"][user]), k)
+        hits.append(hit)
+        ndcgs.append(ndcg)
+    return hits, ndcgs
+
+
+def fit_blend_weight(
+    saved: dict, model: str, k: int, grid: tuple[float, ...] = BLEND_WEIGHTS
+) -> tuple[float, dict[str, float]]:
+    """The weight on log P(like) whose blend has the highest mean NDCG@k over one period's
+    users, and the mean NDCG@k at every weight of ``grid`` (ties: the weight nearest 1, the
+    plain product). Weight 0 is the candidate order itself, so the fit may reject the LLM."""
+    curve = {w: float(np.mean(blend_hits(saved, model, w, k)[1])) for w in grid}
+    best = max(grid, key=lambda w: (curve[w], -abs(math.log2(w)) if w else -math.inf))
+    return best, {f"{w:g}": v for w, v in curve.items()}
+
+
+def add_row(result: dict, per_user: dict, method: str, hr: list[float], ndcg: list[float]) -> None:
+    """One more ranking of the same users, with its difference from the candidate order."""
+    per_user[method] = {"user": per_user["candidate stage"]["user"], "hr": hr, "ndcg": ndcg}
+    result["rows"][method] = {"hr": float(np.mean(hr)), "ndcg": float(np.mean(ndcg))}
+    result["rerank_vs_candidate_stage"][method] = {
+        metric: paired_difference(per_user[method][metric], per_user["candidate stage"][metric])
+        for metric in ("hr", "ndcg")
+    }
+
+
 def clustered_difference(
     a: np.ndarray, b: np.ndarray, cluster: list, rounds: int = 5000, seed: int = 0
 ) -> dict[str, float]:
@@ -319,7 +377,12 @@ def clustered_difference(
 def pooled_versus(per_user: dict[str, dict], k: int) -> dict:
     """Each rerank against the candidate order over every period's users at once."""
     periods = list(per_user)
-    methods = [m for m in per_user[periods[0]] if m.startswith("LLM")]
+    # every period's rankings (a blend weight fitted on valid is judged on test alone)
+    methods = [
+        m
+        for m in per_user[periods[0]]
+        if m.startswith("LLM") and all(m in per_user[p] for p in periods)
+    ]
     users = [u for p in periods for u in per_user[p]["candidate stage"]["user"]]
     out: dict = {"periods": periods, "rows": len(users), "users": len(set(users)), "k": k}
     out["rerank_vs_candidate_stage"] = {
@@ -402,6 +465,14 @@ def render(r: dict) -> str:
             "(users resampled; an interval above 0 is a win beyond chance):",
             "",
             *versus_table(r["rerank_vs_candidate_stage"], k),
+        ]
+    for model_name, fit in r.get("fitted_blend", {}).items():
+        curve = ", ".join(f"{w}: {v:.4f}" for w, v in fit["valid_ndcg_by_weight"].items())
+        lines += [
+            "",
+            f"Blend weight for {model_name}, fitted on the validation period's users (mean "
+            f"NDCG@{k} by weight on log P(like); 0 is the candidate order): {curve}. "
+            f"Chosen: {fit['weight']:g}.",
         ]
     lines += ["", "Median standard deviation of one user's candidate scores, and rerank time:", ""]
     for name, spread in r["score_spread_median"].items():

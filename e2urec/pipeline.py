@@ -85,6 +85,7 @@ def train_and_save(
             "trainable_parameters": result.trainable_parameters,
         },
         "metrics": metrics,
+        "scored_samples": {name: len(part) for name, part in evaluate_on.items()},
     }
     save_model(backbone, out, {**record, **manifest}, overwrite=overwrite)
     return trained

@@ -34,27 +34,34 @@ def latest_history(splits: Splits, user_id: int, k: int) -> tuple[tuple[int, flo
     return (*last.history, (last.item_id, last.rating))[-k:]
 
 
-def rated_and_liked(stage: Sequence[float], like: Sequence[float]) -> np.ndarray:
+def rated_and_liked(
+    stage: Sequence[float], like: Sequence[float], weight: float = 1.0
+) -> np.ndarray:
     """Ranking keys for candidates: log P(rated) + log P(like | rated), up to a constant per
     user. ``stage`` is the candidate stage's (positive) score, standing for how likely the user
     is to rate the item at all; ``like`` the LLM's P(like), trained on rated items only. A
     recommendation the user acts on needs both: on ML-1M, P(like) alone put liked items lower
     than the candidate order did (and `tiny`'s was worse beyond chance), while the product
-    with SmolLM2 was not below it (bench/results/ranking-ml1m-4k-blend-negatives-cpu)."""
+    with SmolLM2 was not below it (bench/results/ranking-ml1m-4k-blend-negatives-cpu).
+    ``weight`` scales log P(like): 1 is the plain product; above 1 gives the LLM's differences
+    more say, 0 leaves the candidate stage's order."""
     eps = 1e-12  # a score of exactly 0 must still leave an order
     stage_arr = np.maximum(np.asarray(stage, dtype=np.float64), eps)
     like_arr = np.maximum(np.asarray(like, dtype=np.float64), eps)
-    return np.log(stage_arr) + np.log(like_arr)
+    return np.log(stage_arr) + weight * np.log(like_arr)
 
 
 def blended_order(
-    stage: Sequence[float], like: Sequence[float], tier: Sequence[int] | None = None
+    stage: Sequence[float],
+    like: Sequence[float],
+    tier: Sequence[int] | None = None,
+    weight: float = 1.0,
 ) -> list[int]:
     """Candidate positions, best first, by :func:`rated_and_liked`; ties keep the stage's order.
     ``tier`` (lower first) keeps apart scores on different scales: a popularity count topping
     up a short co-occurrence list is no evidence the user would rate the item, and must not
     outrank every co-occurrence score because counts are larger."""
-    keys = rated_and_liked(stage, like)
+    keys = rated_and_liked(stage, like, weight)
     tiers = [0] * len(keys) if tier is None else list(tier)
     return sorted(range(len(keys)), key=lambda j: (tiers[j], -keys[j]))
 

@@ -178,7 +178,8 @@ def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextMana
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def _valid_subset(valid: Sequence[Sample], limit: int | None, seed: int) -> list[Sample]:
+def seeded_subset(valid: Sequence[Sample], limit: int | None, seed: int) -> list[Sample]:
+    """At most ``limit`` of ``valid``, drawn with ``seed`` (all of them when ``limit`` is None)."""
     if limit is None or len(valid) <= limit:
         return list(valid)
     return random.Random(seed).sample(list(valid), limit)
@@ -234,7 +235,7 @@ def train_llmrec(
     total = steps_per_epoch * cfg.epochs
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = get_linear_schedule_with_warmup(optimizer, int(total * cfg.warmup_ratio), total)
-    valid_eval = _valid_subset(valid, cfg.max_valid_samples, cfg.seed)
+    valid_eval = seeded_subset(valid, cfg.max_valid_samples, cfg.seed)
     valid_prompts = [catalog.prompt(s) for s in valid_eval]
     # Without validation data (e.g. fitting a model to a forget set) train for all epochs.
     eval_points = (

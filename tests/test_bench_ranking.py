@@ -87,3 +87,31 @@ def test_saved_scores_belong_to_the_same_candidate_lists(tmp_path):
         SavedScores(path, "m")(7, (), [1, 3, 2])  # another order is another list
     with pytest.raises(typer.BadParameter, match=r"no scores for 'other'; it has \['m'\]"):
         SavedScores(path, "other")
+
+
+def _saved(relevant: dict[str, list[int]], like: dict[str, list[float]]) -> dict:
+    """A period's scores.json for two users with the same candidate-stage scores."""
+    return {
+        "candidates": {"1": [10, 11, 12], "2": [20, 21, 22]},
+        "candidate stage": {"1": [3.0, 2.0, 1.0], "2": [3.0, 2.0, 1.0]},
+        "tiers": {"1": [0, 0, 0], "2": [0, 0, 0]},
+        "relevant": relevant,
+        "P(like): m": like,
+    }
+
+
+def test_the_blend_weight_is_fitted_on_one_period_and_may_reject_the_llm():
+    from bench.ranking import blend_hits, fit_blend_weight
+
+    # the LLM points at each user's liked item: the plain product (1) finds both, half the
+    # weight finds one, weight 0 (the candidate order) none; ties go to the weight nearest 1
+    helpful = _saved({"1": [11], "2": [22]}, {"1": [0.2, 0.6, 0.2], "2": [0.1, 0.2, 0.9]})
+    weight, curve = fit_blend_weight(helpful, "m", k=1)
+    assert weight == 1.0 and curve["0"] == 0.0 and curve["0.5"] == 0.5 and curve["1"] == 1.0
+    assert blend_hits(helpful, "m", 0.5, 1) == ([1.0, 0.0], [1.0, 0.0])
+    # the LLM points away from user 1's liked item at every weight: only the order itself wins
+    misleading = _saved({"1": [10], "2": [20]}, {"1": [0.05, 0.9, 0.9], "2": [0.5, 0.5, 0.5]})
+    weight, curve = fit_blend_weight(misleading, "m", k=1)
+    assert weight == 0.0 and curve["0"] == 1.0 and curve["0.25"] == 0.5
+    # weight 0 is the candidate order whatever the LLM says
+    assert blended_order([3.0, 2.0, 1.0], [0.01, 0.5, 0.99], weight=0.0) == [0, 1, 2]

@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from e2urec.cli import app
+from e2urec.model_store import read_manifest
 from tests.conftest import write
 
 runner = CliRunner()
@@ -59,11 +60,52 @@ def test_too_few_samples_is_explained(ml1m_dir: Path, tmp_path: Path):
         (["--forget-fraction", "1.5"], "forget_fraction must be in"),
         (["--format", "parquet"], "unknown format"),
         (["--history", "0"], "history_len must be at least 1"),
+        (["--split", "0.5,0.5"], "--split takes three fractions"),
+        (["--split", "0.5,0.6,0.1"], "split must be three positive fractions"),
     ],
 )
 def test_prepare_bad_options(tmp_path: Path, args: list[str], message: str):
     result = run("prepare", "--out", str(tmp_path / "o"), *args)
     assert result.exit_code == 2 and message in result.output
+
+
+def test_prepare_split_sets_each_period_and_train_caps_the_scored_samples(tmp_path: Path):
+    # A long test period for the ranking bench (hundreds of users) without a longer training
+    # run, or an hour of scoring every test sample for the final metrics.
+    prep, model = tmp_path / "prep", tmp_path / "m"
+    small = ["--synthetic-users", "20", "--synthetic-items", "30", "--samples", "100"]
+    assert run("prepare", "--out", str(prep), *small, "--split", "0.2,0.1,0.7").exit_code == 0
+    meta = json.loads((prep / "meta.json").read_text())
+    assert (meta["counts"]["train"], meta["counts"]["valid"], meta["counts"]["test"]) == (
+        20,
+        10,
+        70,
+    )
+    assert meta["sample_config"]["split"] == [0.2, 0.1, 0.7]
+    done = run("train", "--data", str(prep), "--out", str(model), "--epochs", "1")
+    assert done.exit_code == 0, done.output
+    everything = read_manifest(model)["scored_samples"]
+    assert everything == {"valid": 10, "test": 70}
+    capped = run(
+        "train",
+        "--data",
+        str(prep),
+        "--out",
+        str(model),
+        "--epochs",
+        "1",
+        "--score-samples",
+        "8",
+        "--force",
+    )
+    assert capped.exit_code == 0, capped.output
+    assert "valid 8 of 10, test 8 of 70" in capped.output
+    assert read_manifest(model)["scored_samples"] == {
+        "valid": 8,
+        "test": 8,
+    }
+    refused = run("train", "--data", str(prep), "--out", str(model), "--score-samples", "-1")
+    assert refused.exit_code == 2 and "--score-samples must be 0" in refused.output
 
 
 def test_train_and_score_explain_bad_inputs(tmp_path: Path):

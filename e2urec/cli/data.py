@@ -25,6 +25,7 @@ class PrepareOptions:
     samples: int = 100_000  # the last N samples (0: all)
     history: int = 10  # K, the previous items shown in a prompt
     like_threshold: float = 3.0
+    split: tuple[float, float, float] = (0.6, 0.2, 0.2)  # train/valid/test, chronological
     forget_fraction: float = 0.2
     seed: int = 42
     synthetic_users: int = 300
@@ -46,6 +47,7 @@ def prepare_data(o: PrepareOptions):
         history_len=o.history,
         max_samples=o.samples if o.samples and o.samples > 0 else None,
         like_threshold=o.like_threshold,
+        split=o.split,
         forget_fraction=o.forget_fraction,
         seed=o.seed,
     )
@@ -77,6 +79,20 @@ def prepare_data(o: PrepareOptions):
     return prepared
 
 
+def parse_split(text: str) -> tuple[float, float, float]:
+    """'0.6,0.2,0.2' -> (0.6, 0.2, 0.2); the sum and signs are SampleConfig's to check."""
+    try:
+        parts = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3:
+        raise ValueError(
+            f"--split takes three fractions for train, valid and test, e.g. 0.6,0.2,0.2; "
+            f"got {text!r}"
+        )
+    return parts  # type: ignore[return-value]
+
+
 @app.command()
 @friendly_errors
 def prepare(
@@ -91,6 +107,14 @@ def prepare(
     samples: Annotated[int, typer.Option(help="keep the last N samples (0 = all)")] = 100_000,
     history: Annotated[int, typer.Option(help="previous items shown in the prompt (K)")] = 10,
     like_threshold: Annotated[float, typer.Option(help="label = rating > this")] = 3.0,
+    split: Annotated[
+        str,
+        typer.Option(
+            help="train,valid,test fractions of the N samples, oldest first; e.g. "
+            "0.08,0.05,0.87 keeps training small and gives the ranking bench a long test "
+            "period with hundreds of users"
+        ),
+    ] = "0.6,0.2,0.2",
     forget_fraction: Annotated[float, typer.Option(help="fraction of train users to forget")] = 0.2,
     seed: Annotated[int, typer.Option(help="seed for the forget users (and synthetic data)")] = 42,
     synthetic_users: int = 300,
@@ -107,6 +131,7 @@ def prepare(
             samples=samples,
             history=history,
             like_threshold=like_threshold,
+            split=parse_split(split),
             forget_fraction=forget_fraction,
             seed=seed,
             synthetic_users=synthetic_users,

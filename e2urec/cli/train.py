@@ -23,19 +23,32 @@ def train_model(
     device: str | None,
     force: bool,
     progress: bool = True,
+    score_samples: int | None = None,
 ):
-    """Train on a prepared dataset's train split and save the model with its manifest."""
+    """Train on a prepared dataset's train split and save the model with its manifest.
+    ``score_samples`` caps the valid and test samples scored for the final metrics (a seeded
+    draw): a split with a long test period for the ranking bench holds tens of thousands."""
     from e2urec.data import load_prepared
     from e2urec.pipeline import train_and_save
+    from e2urec.training import seeded_subset
 
     prepared = load_prepared(data)
     catalog, splits = prepared.catalog, prepared.splits
+    scored = {
+        name: seeded_subset(part, score_samples, cfg.seed)
+        for name, part in (("valid", splits.valid), ("test", splits.test))
+    }
+    if score_samples:
+        console.print(
+            f"final metrics on a seeded draw of at most {score_samples:,} samples: "
+            + ", ".join(f"{n} {len(p):,} of {len(splits.named(n)):,}" for n, p in scored.items())
+        )
     trained = train_and_save(
         backbone_spec,
         catalog,
         splits.train,
         splits.valid,
-        {"valid": splits.valid, "test": splits.test},
+        scored,
         cfg,
         out,
         {
@@ -164,6 +177,13 @@ def train(
         ),
     ] = None,
     seed: int = 0,
+    score_samples: Annotated[
+        int,
+        typer.Option(
+            help="score at most this many valid and test samples (a seeded draw) for the final "
+            "metrics; 0 = all"
+        ),
+    ] = 0,
     device: Annotated[
         str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present)")
     ] = None,
@@ -189,7 +209,9 @@ def train(
         seed=seed,
     )
     console.print(f"[dim]{describe_config(backbone, cfg)}[/dim]")
-    train_model(data, backbone, out, cfg, device, force)
+    if score_samples < 0:
+        raise typer.BadParameter(f"--score-samples must be 0 (all) or more, got {score_samples}")
+    train_model(data, backbone, out, cfg, device, force, score_samples=score_samples or None)
 
 
 @app.command()
