@@ -10,8 +10,12 @@ lists are compared on HR@10 and NDCG@10 of those liked items:
   (d) the same candidates ordered by P(rated) x P(like | rated): the candidate stage's score,
       normalised over the user's candidates, stands for the chance the user rates the item at
       all, and the LLM (trained on rated items only) for the chance they like it once rated.
-      A test hit needs both, and no weight is tuned on the test users.
-Same users, same candidates, one run; every candidate's scores are saved in scores.json.
+      A test hit needs both, and no weight is tuned on the test users. With both periods,
+      the weight on log P(like) is also fitted on the validation period's users and the
+      fitted blend judged on the test period's.
+Same users, same candidates, one run. Every user's candidates, stage scores, tiers, P(like)
+and liked items go to scores.json, so another blend can be judged from it without the models
+(``blend_hits``).
 ``--period test --period valid`` measures both periods in one run (the validation period's users
 are ones no model trained on either) and adds a pooled comparison over every (period, user) pair,
 resampled by user: with some 60 users a period only differences of about 0.1 in HR@10 show.
