@@ -476,7 +476,7 @@ def render(r: dict) -> str:
             "",
             f"Blend weight for {model_name}, fitted on the validation period's users (mean "
             f"NDCG@{k} by weight on log P(like); 0 is the candidate order): {curve}. "
-            f"Chosen: {fit['weight']:g}.",
+            f"Chosen: {fit['weight']:g} (to serve it: `E2UREC_LIKE_WEIGHT={fit['weight']:g}`).",
         ]
     lines += ["", "Median standard deviation of one user's candidate scores, and rerank time:", ""]
     for name, spread in r["score_spread_median"].items():

@@ -62,7 +62,8 @@ class RecommendedItem(BaseModel):
     stage_score: float | None = Field(
         None,
         description="The candidate stage's score when the LLM ranked the item (co-occurrence "
-        "or popularity count; the order is by this times P(like) when rank_by is blend); null "
+        "or popularity count; the order is by this times P(like)^like_weight when rank_by is "
+        "blend); null "
         "for explicit candidates and unpersonalised answers",
     )
 

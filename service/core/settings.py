@@ -88,6 +88,13 @@ class Settings(BaseSettings):
         "LLM's P(like), i.e. P(rated) x P(like if rated); llm = P(like) alone. Explicit "
         "candidates= lists have no stage score and are ordered by P(like)",
     )
+    like_weight: float = Field(
+        1.0,
+        ge=0,
+        description="With rank_by=blend, the weight on log P(like) against log stage score: 1 = "
+        "the plain product, 0 = the candidate stage's order. It belongs to a model: fit it with "
+        "python -m bench.ranking --period test --period valid (its 'fitted on valid' line)",
+    )
     history_len: int = Field(10, ge=1, description="Rated items shown in the prompt (K)")
     recent_items: int = Field(20, ge=1, description="Recent items that seed co-occurrence")
     catalog_refresh_seconds: float = Field(

@@ -204,9 +204,10 @@ async def recommend(
         # Nobody reads this answer; its rows were dropped from the engine's queue unscored.
         raise HTTPException(499, "client closed the request") from None
     if settings.rank_by == "blend" and found is not None:
-        # P(rated) x P(like | rated) (see Settings.rank_by); popularity top-ups come last
+        # P(rated) x P(like | rated)^w (see Settings.rank_by); popularity top-ups come last
         stage = [c.score for c in found]
-        order = blended_order(stage, scored.scores, [c.tier for c in found])[:k]
+        tiers = [c.tier for c in found]
+        order = blended_order(stage, scored.scores, tiers, settings.like_weight)[:k]
     else:  # stable: ties keep the given order
         order = sorted(range(len(pool)), key=lambda j: -scored.scores[j])[:k]
     v = scored.version
