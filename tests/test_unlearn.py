@@ -443,6 +443,46 @@ def test_e2urec_fits_its_augmented_model_the_way_its_original_was_trained(monkey
         E2URecConfig(aug_lora_targets="all")
 
 
+def test_a_base_trained_with_negatives_forgets_and_keeps_them_too(trained):
+    """A base trained with unrated negatives learned from prompts holding each user's history:
+    the forget set gains the forget users' negatives (the very ones the base drew, same seed),
+    the retain set everyone else's, and the held-out level negatives drawn the same way, while
+    validation AUC stays on rated items. A base trained on rated items keeps its task."""
+    from e2urec.data.samples import with_unrated
+    from e2urec.unlearn import as_trained
+
+    _, task = trained
+    base = TrainConfig(negatives=1.0, seed=7)
+    train = task.retain + task.forget
+    drawn = with_unrated(train, 1.0, 7)[len(train) :]
+    out = as_trained(task, base, train)
+    forget_users = {s.user_id for s in task.forget}
+    theirs = [s for s in drawn if s.user_id in forget_users]
+    assert theirs and out.forget == task.forget + theirs
+    assert out.retain == task.retain + [s for s in drawn if s.user_id not in forget_users]
+    assert all((s.label, s.rating) == (0, 0.0) for s in theirs)
+    assert out.heldout == task.valid + with_unrated(task.valid, 1.0, 7)[len(task.valid) :]
+    assert out.valid == task.valid and task.heldout is None  # the input is left as it was
+    assert as_trained(task, base) == out  # default: the task's own retain and forget sets
+    assert as_trained(task, TrainConfig(seed=7), train) is task
+    assert as_trained(task, None, train) is task
+
+
+def test_e2urec_on_a_negatives_base_unlearns_its_negatives(trained, monkeypatch):
+    """The registry's E2URec entries hand e2urec_unlearn the task as the base saw it."""
+    from e2urec.unlearn import as_trained, methods
+
+    _, task = trained
+    seen: list[UnlearnTask] = []
+    monkeypatch.setattr(methods, "e2urec_unlearn", lambda o, t, cfg, **kw: seen.append(t))
+    base = TrainConfig(negatives=0.5, negatives_from="co-occurrence")
+    train = task.retain + task.forget
+    methods.METHODS["e2urec"](None, task, methods.RunOptions(train_config=base, train=train))
+    methods.METHODS["e2urec"](None, task, methods.RunOptions(train_config=TrainConfig()))
+    assert seen[0] == as_trained(task, base, train) and len(seen[0].forget) > len(task.forget)
+    assert seen[1] is task
+
+
 def test_the_augmented_model_is_fitted_on_the_configured_objective(trained):
     from e2urec.unlearn.augmented import train_augmented
 

@@ -17,7 +17,7 @@ from e2urec.backbones import Backbone
 from e2urec.lora import with_adapter
 from e2urec.model_store import load_model
 from e2urec.training import TrainConfig
-from e2urec.unlearn import E2URecConfig, StopRule, e2urec_unlearn, fitted_like
+from e2urec.unlearn import E2URecConfig, StopRule, as_trained, e2urec_unlearn, fitted_like
 from service.core.db.models import AdapterVersion, JobKind, RequestStatus, UnlearningJob, User
 from service.core.db.session import session_scope
 from service.core.settings import Settings
@@ -180,6 +180,7 @@ def run_unlearning(settings: Settings, job_id: int, owner: str, attempt: int, le
         return f"job {job_id}: its users had no training samples; data deleted, nothing trained"
 
     trained = manifest.get("train_config")  # how the base was made (absent: an older manifest)
+    base_config = TrainConfig(**trained) if trained else None
     cfg = E2URecConfig.within(
         StopRule(
             max_epochs=settings.unlearn_max_epochs,
@@ -194,7 +195,7 @@ def run_unlearning(settings: Settings, job_id: int, owner: str, attempt: int, le
         # hardware has it: 1.6x a step on such a CPU).
         bf16=trained.get("bf16", False) if trained else False,
         # The augmented model and the retain CE follow how the base was trained.
-        **fitted_like(TrainConfig(**trained) if trained else None),
+        **fitted_like(base_config),
         seed=job_id,
     )
     folder = settings.adapter_dir / f"job-{job_id}-attempt-{attempt}"
@@ -202,7 +203,8 @@ def run_unlearning(settings: Settings, job_id: int, owner: str, attempt: int, le
         shutil.rmtree(folder)
     result = e2urec_unlearn(
         backbone,
-        data.task(),
+        # a base trained with unrated negatives forgets and keeps negatives of the same kind
+        as_trained(data.task(), base_config, data.retain + data.forget),
         cfg,
         out=folder,
         progress=False,

@@ -139,6 +139,12 @@ def unlearn(
     console.print(
         f"{chosen.name}: forgetting {len(forget_users):,} users ({len(forget):,} samples), "
         f"keeping {len(retain):,} samples"
+        + (
+            f"; the base also trained on {train_config.negatives:g} unrated negative(s) a "
+            "sample, which E2URec forgets and keeps as well"
+            if train_config is not None and train_config.negatives
+            else ""
+        )
     )
     test = rng.sample(splits.test, min(eval_samples, len(splits.test)))
     before, _ = evaluate(backbone, catalog, test, forget, heldout)

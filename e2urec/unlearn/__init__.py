@@ -2,13 +2,14 @@
 
 from e2urec.unlearn.base import UnlearnResult, UnlearnTask
 from e2urec.unlearn.e2urec import e2urec_unlearn
-from e2urec.unlearn.e2urec_config import E2URecConfig, fitted_like
+from e2urec.unlearn.e2urec_config import E2URecConfig, as_trained, fitted_like
 from e2urec.unlearn.methods import METHODS, Method, RunOptions, get_method
 from e2urec.unlearn.stopping import StopRule
 
 __all__ = [
     "METHODS",
     "E2URecConfig",
+    "as_trained",
     "fitted_like",
     "Method",
     "RunOptions",

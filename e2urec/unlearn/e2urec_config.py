@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from e2urec.data.samples import Sample, with_unrated
 from e2urec.training import TrainConfig
+from e2urec.unlearn.base import UnlearnTask
 from e2urec.unlearn.loop import LoopConfig
 from e2urec.unlearn.stopping import StopRule
 
@@ -186,6 +189,44 @@ def fitted_like(train: TrainConfig | None) -> dict[str, Any]:
             "aug_lora_targets": train.lora_targets,
         }
     return like
+
+
+def as_trained(
+    task: UnlearnTask, train: TrainConfig | None, trained: Sequence[Sample] | None = None
+) -> UnlearnTask:
+    """``task`` on its data as the base saw it; ``task`` itself when the base trained on rated
+    items alone (or how it trained is unknown).
+
+    A base trained with unrated negatives (``TrainConfig.negatives``) also learned from prompts
+    holding each user's profile and history with an item the user never rated, labelled "No".
+    Those are the user's data too, so the forget set gains its users' negatives; the retain set
+    gains everyone else's, so the student keeps the base's answers on them; and the held-out set
+    (``task.valid`` when there is none) gains negatives drawn the same way, so the stop rule
+    compares the forget set's loss with a level on the same mix. Validation AUC stays on rated
+    items. Without this, E2URec on such a base (``tiny``, ML-1M, one negative per sample)
+    reverted at its first check, validation AUC 0.66 -> 0.51: nothing was forgotten.
+
+    ``trained``: what the base trained on, in its order (default: the task's retain and forget
+    sets). The draw is seeded with the base's seed, so a prepared dataset's train split gives
+    the very negatives the base saw; other data (a worker's, read from the database) gives
+    negatives of the same kind."""
+    if train is None or not train.negatives:
+        return task
+
+    def drawn(samples: Sequence[Sample]) -> list[Sample]:
+        pool = with_unrated(samples, train.negatives, train.seed, pool=train.negatives_from)
+        return pool[len(samples) :]  # with_unrated appends its negatives after the samples
+
+    forget_users = {s.user_id for s in task.forget}
+    retain_users = {s.user_id for s in task.retain}
+    negatives = drawn(list(trained) if trained is not None else task.retain + task.forget)
+    level = task.heldout or task.valid
+    return replace(
+        task,
+        forget=task.forget + [s for s in negatives if s.user_id in forget_users],
+        retain=task.retain + [s for s in negatives if s.user_id in retain_users],
+        heldout=level + drawn(level),
+    )
 
 
 _PAPER = {

@@ -18,7 +18,7 @@ from e2urec.training import TrainConfig
 from e2urec.unlearn.base import UnlearnResult, UnlearnTask
 from e2urec.unlearn.baselines import FinetuneConfig, bad_teacher, neggrad, negkl, retrain
 from e2urec.unlearn.e2urec import e2urec_unlearn
-from e2urec.unlearn.e2urec_config import E2URecConfig, fitted_like
+from e2urec.unlearn.e2urec_config import E2URecConfig, as_trained, fitted_like
 from e2urec.unlearn.shards import sharded_unlearn
 from e2urec.unlearn.stopping import StopRule
 
@@ -83,6 +83,8 @@ def _e2urec(*, paper: bool = False, **settings) -> Run:
         # The augmented model and the retain CE follow how the original was trained.
         given = {"bf16": o.bf16, **fitted_like(o.train_config), **settings, **o.e2urec_overrides}
         cfg = E2URecConfig.within(o.stop, paper=paper, seed=o.seed, **given)
+        # So do its data: a base trained with unrated negatives forgets and keeps those too.
+        task = as_trained(task, o.train_config, o.train)
         return e2urec_unlearn(original, task, cfg, out=o.out, progress=o.progress)
 
     return run
