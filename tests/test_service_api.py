@@ -309,23 +309,33 @@ def test_openapi_documents_every_route_and_its_security(client):
 
 def test_like_weight_sets_how_much_the_llm_reorders(client, db):
     """E2UREC_LIKE_WEIGHT scales log P(like) against log stage score: 0 serves the candidate
-    stage's own order, 4 an order by stage x P(like)^4, which the plain product need not match."""
-    user = _users(db)[1]
+    stage's own order, 1000 an order by stage x P(like)^1000, in effect by P(like) alone."""
+    with session_scope(db, write=False) as s:  # earlier tests forget some users
+        user = s.scalars(
+            select(User.external_id).where(User.quarantined_at.is_(None)).order_by(User.id)
+        ).first()
     served, before = {}, client.app.state.settings
     try:
-        for weight in (0.0, 4.0):
+        for weight in (0.0, 1000.0):
             client.app.state.settings = before.model_copy(update={"like_weight": weight})
             r = client.get(
                 "/recommend", params={"user_id": user, "k": 10}, headers=auth(RECOMMEND_KEY)
             )
-            assert r.status_code == 200, r.text
+            assert r.status_code == 200 and r.json()["personalized"], r.text
             items = r.json()["items"]
-            keys = [math.log(i["stage_score"]) + weight * math.log(i["score"]) for i in items]
-            assert all(a >= b - 1e-9 for a, b in zip(keys, keys[1:], strict=False)), (weight, keys)
+            sources = [i["source"] for i in items]  # popularity top-ups come after the rest
+            assert sources == sorted(sources, key=lambda x: x == "popularity"), sources
+            for source in set(sources):
+                keys = [
+                    math.log(i["stage_score"]) + weight * math.log(i["score"])
+                    for i in items
+                    if i["source"] == source
+                ]
+                assert all(a >= b - 1e-9 for a, b in zip(keys, keys[1:], strict=False)), keys
             served[weight] = [i["item_id"] for i in items]
     finally:
         client.app.state.settings = before
-    assert served[0.0] != served[4.0]  # the weight changed what the user sees
+    assert served[0.0] != served[1000.0]  # the weight changed what the user sees
 
 
 def test_admin_key_has_every_scope(client, db):
