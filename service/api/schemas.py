@@ -63,8 +63,7 @@ class RecommendedItem(BaseModel):
         None,
         description="The candidate stage's score when the LLM ranked the item (co-occurrence "
         "or popularity count; the order is by this times P(like)^like_weight when rank_by is "
-        "blend); null "
-        "for explicit candidates and unpersonalised answers",
+        "blend); null for explicit candidates and unpersonalised answers",
     )
 
 
