@@ -193,7 +193,7 @@ def run_unlearning(settings: Settings, job_id: int, owner: str, attempt: int, le
         checks_per_epoch=settings.unlearn_checks_per_epoch,
         # The precision the base was trained in (bfloat16 for a pretrained LLM where the
         # hardware has it: 1.6x a step on such a CPU).
-        bf16=trained.get("bf16", False) if trained else False,
+        bf16=base_config.bf16 if base_config else False,
         # The augmented model and the retain CE follow how the base was trained.
         **fitted_like(base_config),
         seed=job_id,
