@@ -15,7 +15,7 @@ lists are compared on HR@10 and NDCG@10 of those liked items:
       fitted blend judged on the test period's.
 Same users, same candidates, one run. Every user's candidates, stage scores, tiers, P(like)
 and liked items go to scores.json, so another blend can be judged from it without the models
-(``blend_hits``).
+(``blend_hits``); a ``--saved`` model's P(like) is not copied there (it stays in its own run's).
 ``--period test --period valid`` measures both periods in one run (the validation period's users
 are ones no model trained on either) and adds a pooled comparison over every (period, user) pair,
 resampled by user: with some 60 users a period only differences of about 0.1 in HR@10 show.
@@ -168,7 +168,7 @@ def main(
         folder = out if name == periods[0] else out / f"{name}-period"
         for model_name, run in earlier.items():
             at = run if name == periods[0] else run / f"{name}-period"
-            scorers[f"{model_name} (saved)"] = SavedScores(at / "scores.json", model_name)
+            scorers[f"{model_name}{SAVED}"] = SavedScores(at / "scores.json", model_name)
         result, per_user[name], kept = evaluate(index, seen, users, scorers, candidates, k)
         result.update(period=name, data=str(data), command=command_line(), machine=machine())
         results[name], kept_scores[name], folders[name] = result, kept, folder
@@ -191,13 +191,23 @@ def main(
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "ranking.json").write_text(json.dumps(result, indent=2))
         (folder / "ranking.md").write_text(render(result))
-        (folder / "scores.json").write_text(json.dumps(kept_scores[name]))
+        (folder / "scores.json").write_text(json.dumps(own_scores(kept_scores[name])))
         print(render(result))
     if len(periods) > 1:
         pooled = pooled_versus(per_user, k)
         (out / "pooled.json").write_text(json.dumps(pooled, indent=2))
         (out / "pooled.md").write_text(render_pooled(pooled, command_line()))
         print(render_pooled(pooled, command_line()))
+
+
+SAVED = " (saved)"  # what a --saved model's name carries in this run's tables
+
+
+def own_scores(kept: dict) -> dict:
+    """A period's scores to write: what this run measured. A --saved model's P(like) stays in
+    the earlier run's scores.json, which the tables name; a copy here would be a second source
+    for the same numbers (the fitted blends still read them, in memory)."""
+    return {k: v for k, v in kept.items() if not (k.startswith("P(like): ") and k.endswith(SAVED))}
 
 
 def period_users(evaluated, seen: dict[int, set[int]], max_users: int) -> list:

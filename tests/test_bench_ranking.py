@@ -89,6 +89,18 @@ def test_saved_scores_belong_to_the_same_candidate_lists(tmp_path):
         SavedScores(path, "other")
 
 
+def test_a_run_writes_only_the_scores_it_measured():
+    from bench.ranking import own_scores
+
+    kept = {
+        "candidates": {"1": [10, 11]},
+        "P(like): new": {"1": [0.1, 0.2]},
+        "P(like): old (saved)": {"1": [0.3, 0.4]},
+    }
+    assert own_scores(kept) == {"candidates": {"1": [10, 11]}, "P(like): new": {"1": [0.1, 0.2]}}
+    assert "P(like): old (saved)" in kept  # the fit still reads it
+
+
 def _saved(relevant: dict[str, list[int]], like: dict[str, list[float]]) -> dict:
     """A period's scores.json for two users with the same candidate-stage scores."""
     return {
