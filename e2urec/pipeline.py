@@ -63,7 +63,8 @@ def train_and_save(
     result = train_llmrec(
         backbone, catalog, list(train), list(valid), cfg, progress=progress, on_step=on_step
     )
-    log(f"{result.stopped} after {result.steps:,} steps in {result.seconds:.0f}s")
+    lists = f" (and {result.lists:,} candidate lists)" if result.lists else ""
+    log(f"{result.stopped} after {result.steps:,} steps{lists} in {result.seconds:.0f}s")
     metrics = {}
     for name, part in evaluate_on.items():
         scores = predict_like(
@@ -83,6 +84,7 @@ def train_and_save(
             "stopped": result.stopped,
             "history": result.history,
             "trainable_parameters": result.trainable_parameters,
+            "lists": result.lists,
         },
         "metrics": metrics,
         "scored_samples": {name: len(part) for name, part in evaluate_on.items()},

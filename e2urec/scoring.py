@@ -107,18 +107,38 @@ def prefix_cached_like(
     suffixes: Sequence[Sequence[list[int]]],
     device: torch.device,
 ) -> list[torch.Tensor]:
-    """P(yes) for every (prefix, suffix) pair, running each prefix once.
-
-    The prefixes (one per user) go through the model together, left-padded; their KV cache is
-    then repeated once per candidate and the suffixes (right-padded, positions continuing after
-    each prefix) are scored in one more pass. Causal models only: a seq2seq encoder reads the
-    whole prompt both ways, so it has no reusable prefix. Returns one tensor per prefix.
-    """
+    """P(yes) for every (prefix, suffix) pair, running each prefix once (see
+    :func:`prefix_answer_logits`). Returns one tensor per prefix."""
     if fmt.is_seq2seq:
         raise ValueError("prefix reuse needs a causal model; score full prompts for seq2seq")
     counts = [len(s) for s in suffixes]
     if not sum(counts):
         return [torch.empty(0) for _ in suffixes]
+    logits = prefix_answer_logits(model, fmt, prefixes, suffixes, device)
+    return list(torch.split(yes_probability(logits, fmt).cpu(), counts))
+
+
+def prefix_answer_logits(
+    model: torch.nn.Module,
+    fmt: PromptFormat,
+    prefixes: Sequence[list[int]],
+    suffixes: Sequence[Sequence[list[int]]],
+    device: torch.device,
+) -> torch.Tensor:
+    """Answer-position logits [pairs, vocab] for every (prefix, suffix) pair, in order, running
+    each prefix once; differentiable, so training on many candidates of one user pays for the
+    user's prompt once too (``e2urec.listwise``).
+
+    The prefixes (one per user) go through the model together, left-padded; their KV cache is
+    then repeated once per candidate and the suffixes (right-padded, positions continuing after
+    each prefix) are scored in one more pass. Causal models only: a seq2seq encoder reads the
+    whole prompt both ways, so it has no reusable prefix.
+    """
+    if fmt.is_seq2seq:
+        raise ValueError("prefix reuse needs a causal model; score full prompts for seq2seq")
+    counts = [len(s) for s in suffixes]
+    if not sum(counts):
+        raise ValueError("no suffixes to score")
     p_batch = collate(fmt, prefixes).to(device)
     out = model(
         input_ids=p_batch.input_ids,
@@ -148,6 +168,4 @@ def prefix_cached_like(
         logits_to_keep=width,
     )
     last = mask.sum(-1) - 1  # right padding: each answer sits after its own last token
-    logits = out.logits[torch.arange(len(flat), device=device), last]
-    p_yes = yes_probability(logits, fmt).cpu()
-    return list(torch.split(p_yes, counts))
+    return out.logits[torch.arange(len(flat), device=device), last]

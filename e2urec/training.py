@@ -16,9 +16,11 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from e2urec.backbones import Backbone
+from e2urec.data.lists import candidate_lists
 from e2urec.data.prepared import Catalog
 from e2urec.data.samples import NEGATIVE_POOLS, Sample, with_unrated
 from e2urec.encoding import answer_loss, collate, encode_prompts, target_loss
+from e2urec.listwise import encode_lists, list_answer_logits, list_loss
 from e2urec.lora import lora_config
 from e2urec.metrics import utility
 from e2urec.scoring import predict_like
@@ -60,6 +62,13 @@ class TrainConfig:
     # Where those negatives come from: "popularity", or "co-occurrence": the candidates a
     # co-occurrence stage proposes for the sample's history, i.e. the lists a rerank orders.
     negatives_from: Literal["popularity", "co-occurrence"] = "popularity"
+    # Candidate lists per train sample (e2urec.data.lists): 0 trains pointwise only; above 0
+    # each step also takes a listwise loss (e2urec.listwise) over the lists a co-occurrence
+    # stage proposes, whose positives are what the user went on to rate and like: the ranking
+    # task itself, which pointwise P(like | rated) does not learn.
+    lists: float = 0.0
+    list_size: int = 20  # candidates per list: its positives and negatives drawn from the 50
+    list_weight: float = 1.0  # the listwise loss's weight beside the pointwise one
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -82,6 +91,12 @@ class TrainConfig:
                 f"negatives_from must be one of {', '.join(NEGATIVE_POOLS)}, "
                 f"got {self.negatives_from!r}"
             )
+        if self.lists < 0 or self.list_weight < 0:
+            raise ValueError(
+                f"lists and list_weight must be >= 0, got {self.lists} and {self.list_weight}"
+            )
+        if self.list_size < 2:
+            raise ValueError(f"list_size must be at least 2, got {self.list_size}")
         if self.early_stop_on not in ("auc", "loss"):
             raise ValueError(f"early_stop_on must be 'auc' or 'loss', got {self.early_stop_on!r}")
 
@@ -142,6 +157,7 @@ class TrainResult:
     seconds: float = 0.0
     steps: int = 0
     trainable_parameters: int = 0
+    lists: int = 0  # candidate lists trained on (TrainConfig.lists)
 
 
 def bucketed_batches(
@@ -207,6 +223,19 @@ def train_llmrec(
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     fmt = backbone.format
+    # Built before the model is touched: a request for lists that yields none fails here.
+    lists = encode_lists(
+        backbone.tokenizer,
+        fmt,
+        catalog,
+        candidate_lists(train, cfg.lists, cfg.seed, list_size=cfg.list_size),
+    )
+    if cfg.lists and not lists:
+        raise ValueError(
+            "no candidate list holds a positive (an item the user rated and liked later in the "
+            "train split, among the 50 a co-occurrence stage proposes): train without lists, or "
+            "on more samples per user"
+        )
     if cfg.lora:
         from peft import get_peft_model
 
@@ -247,7 +276,9 @@ def train_llmrec(
         else set()
     )
 
-    result = TrainResult(best_valid={}, trainable_parameters=sum(p.numel() for p in trainable))
+    result = TrainResult(
+        best_valid={}, trainable_parameters=sum(p.numel() for p in trainable), lists=len(lists)
+    )
     best_state, best_key, bad_evals = None, None, 0
     started, step = time.perf_counter(), 0
     model.train()
@@ -260,6 +291,8 @@ def train_llmrec(
             leave=False,
         )
         running = 0.0
+        # every list once an epoch, spread evenly over its steps
+        list_order = rng.sample(range(len(lists)), len(lists))
         for i, idx in enumerate(bar, start=1):
             with autocast(backbone.device, cfg.bf16):
                 if cfg.objective == "answer":
@@ -269,6 +302,13 @@ def train_llmrec(
                 else:
                     batch = collate(fmt, [encoded[j] for j in idx], [labels[j] for j in idx])
                     loss, _ = target_loss(model, batch.to(backbone.device))
+                share = list_order[
+                    len(lists) * (i - 1) // steps_per_epoch : len(lists) * i // steps_per_epoch
+                ]
+                if share:
+                    chosen = [lists[j] for j in share]
+                    logits = list_answer_logits(model, fmt, chosen, backbone.device)
+                    loss = loss + cfg.list_weight * list_loss(logits, fmt, chosen)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
             optimizer.step()

@@ -102,6 +102,12 @@ def describe_config(backbone: str, cfg: TrainConfig) -> str:
             if cfg.negatives
             else ""
         )
+        + (
+            f", {cfg.lists:g} candidate list(s) of {cfg.list_size} per sample, listwise weight "
+            f"{cfg.list_weight:g}"
+            if cfg.lists
+            else ""
+        )
     )
 
 
@@ -176,6 +182,20 @@ def train(
             "stage proposes for the sample's history (the lists a rerank orders)"
         ),
     ] = None,
+    lists: Annotated[
+        float | None,
+        typer.Option(
+            help="candidate lists per train sample for a listwise ranking loss (0 = none): the "
+            "co-occurrence stage's candidates for the sample's history, positives the ones the "
+            "user rated and liked later; e.g. 0.5, for reranking"
+        ),
+    ] = None,
+    list_size: Annotated[
+        int | None, typer.Option(help="candidates per list (with --lists)")
+    ] = None,
+    list_weight: Annotated[
+        float | None, typer.Option(help="weight of the listwise loss (with --lists)")
+    ] = None,
     seed: int = 0,
     score_samples: Annotated[
         int,
@@ -206,6 +226,9 @@ def train(
         objective=objective,
         negatives=negatives,
         negatives_from=negatives_from,
+        lists=lists,
+        list_size=list_size,
+        list_weight=list_weight,
         seed=seed,
     )
     console.print(f"[dim]{describe_config(backbone, cfg)}[/dim]")
