@@ -35,7 +35,9 @@ class TrainConfig:
     warmup_ratio: float = 0.05
     max_grad_norm: float = 1.0
     evals_per_epoch: int = 1
-    early_stop_on: Literal["auc", "loss"] = "loss"  # AUC is noisier and ignores calibration
+    # "loss": valid LogLoss (AUC is noisier and ignores calibration); "lists": the listwise
+    # loss on candidate lists of the validation period (with ``lists``), what a rerank serves
+    early_stop_on: Literal["auc", "loss", "lists"] = "loss"
     patience: int = 2  # evaluations without improvement before stopping
     max_valid_samples: int | None = 4000  # validation subsample used for early stopping
     eval_batch_size: int = 128
@@ -97,8 +99,15 @@ class TrainConfig:
             )
         if self.list_size < 2:
             raise ValueError(f"list_size must be at least 2, got {self.list_size}")
-        if self.early_stop_on not in ("auc", "loss"):
-            raise ValueError(f"early_stop_on must be 'auc' or 'loss', got {self.early_stop_on!r}")
+        if self.early_stop_on not in ("auc", "loss", "lists"):
+            raise ValueError(
+                f"early_stop_on must be 'auc', 'loss' or 'lists', got {self.early_stop_on!r}"
+            )
+        if self.early_stop_on == "lists" and not self.lists:
+            raise ValueError(
+                "early_stop_on='lists' judges the listwise loss: it needs lists > 0 "
+                "(e2urec train --lists 1 --early-stop-on lists)"
+            )
 
 
 @dataclass(frozen=True)
@@ -201,6 +210,22 @@ def seeded_subset(valid: Sequence[Sample], limit: int | None, seed: int) -> list
     return random.Random(seed).sample(list(valid), limit)
 
 
+@torch.no_grad()
+def evaluate_lists(backbone: Backbone, lists: Sequence, chunk: int = 8) -> float:
+    """Mean listwise loss over ``lists`` (encoded), in eval mode, a few lists at a time."""
+    model, was_training = backbone.model, backbone.model.training
+    model.eval()
+    try:
+        total = 0.0
+        for start in range(0, len(lists), chunk):
+            part = lists[start : start + chunk]
+            logits = list_answer_logits(model, backbone.format, part, backbone.device)
+            total += list_loss(logits, backbone.format, part).item() * len(part)
+    finally:
+        model.train(was_training)
+    return total / len(lists)
+
+
 def train_llmrec(
     backbone: Backbone,
     catalog: Catalog,
@@ -266,6 +291,22 @@ def train_llmrec(
     schedule = get_linear_schedule_with_warmup(optimizer, int(total * cfg.warmup_ratio), total)
     valid_eval = seeded_subset(valid, cfg.max_valid_samples, cfg.seed)
     valid_prompts = [catalog.prompt(s) for s in valid_eval]
+    valid_lists = (
+        encode_lists(
+            backbone.tokenizer,
+            fmt,
+            catalog,
+            candidate_lists(
+                [*train, *valid], 1.0, cfg.seed, list_size=cfg.list_size, draw_from=valid_eval
+            )[: max(len(lists) // 4, 50)],  # a quarter of the training lists' count is plenty
+        )
+        if cfg.lists and valid_eval
+        else []
+    )
+    if cfg.early_stop_on == "lists" and valid_eval and not valid_lists:
+        raise ValueError(
+            "early_stop_on='lists' found no validation list with a positive; stop on 'loss'"
+        )
     # Without validation data (e.g. fitting a model to a forget set) train for all epochs.
     eval_points = (
         {
@@ -323,14 +364,21 @@ def train_llmrec(
                 continue
             scores = predict_like(backbone, valid_prompts, batch_size=cfg.eval_batch_size)
             metrics = utility([s.label for s in valid_eval], scores)
+            if valid_lists:
+                metrics["list_loss"] = evaluate_lists(backbone, valid_lists)
             result.history.append({"epoch": epoch, "step": step, "train_loss": running, **metrics})
             if progress:
                 tqdm.write(
                     f"epoch {epoch} step {step}: train loss {running:.4f} | valid AUC "
                     f"{metrics['auc']:.4f} ACC {metrics['acc']:.4f} "
                     f"LogLoss {metrics['logloss']:.4f}"
+                    + (f" | list loss {metrics['list_loss']:.4f}" if valid_lists else "")
                 )
-            key = metrics["auc"] if cfg.early_stop_on == "auc" else -metrics["logloss"]
+            key = {
+                "auc": metrics["auc"],
+                "loss": -metrics["logloss"],
+                "lists": -metrics.get("list_loss", 0.0),
+            }[cfg.early_stop_on]
             if best_key is None or key > best_key:
                 best_key, bad_evals, result.best_valid = key, 0, metrics
                 best_state = {

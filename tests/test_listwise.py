@@ -50,6 +50,16 @@ def test_a_list_holds_what_the_stage_proposes_and_marks_what_the_user_liked_late
     assert later and all(set(x.items) == {13, 14, 15, 16} for x in later)
 
 
+def test_validation_lists_are_drawn_from_their_period_with_the_train_period_behind_them():
+    samples = timeline()
+    train, later = samples[:2] + samples[4:], samples[2:4]  # user 1's t=4 and t=5 come later
+    lists = candidate_lists(train + later, 5, seed=0, draw_from=later)
+    assert lists and {x.timestamp for x in lists} <= {4, 5}
+    # what the user rated in the train period is seen, not a candidate
+    assert all(not {10, 11, 12} & set(x.items) for x in lists)
+    assert candidate_lists(train + later, 1.0, seed=0, draw_from=[]) == []
+
+
 def test_lists_cap_positives_at_half_and_refuse_bad_sizes():
     samples = timeline()
     for lst in candidate_lists(samples, 20, seed=1, list_size=2):
@@ -63,6 +73,8 @@ def test_lists_cap_positives_at_half_and_refuse_bad_sizes():
         TrainConfig(lists=1.0, list_size=1)
     with pytest.raises(ValueError, match="lists and list_weight must be >= 0"):
         TrainConfig(lists=-1.0)
+    with pytest.raises(ValueError, match="needs lists > 0"):
+        TrainConfig(early_stop_on="lists")
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +125,18 @@ def test_training_on_lists_lowers_the_listwise_loss(small):
     after = loss_of(backbone)
     assert result.lists == len(lists) > 0
     assert after < before - 0.1, (before, after)
+
+
+def test_early_stopping_on_lists_judges_the_validation_periods_lists(small):
+    catalog, splits, corpus = small
+    backbone = load_backbone("tiny", corpus=corpus, device="cpu")
+    cfg = TrainConfig(epochs=2, batch_size=64, lists=0.3, early_stop_on="lists", patience=5)
+    result = train_llmrec(
+        backbone, catalog, splits.train[:150], splits.valid[:150], cfg, progress=False
+    )
+    judged = [h["list_loss"] for h in result.history]
+    assert len(judged) == 2 and all(0 < x < 10 for x in judged)
+    assert result.best_valid["list_loss"] == min(judged)  # the kept weights are the best's
 
 
 def test_lists_that_cannot_be_built_fail_before_training(small):

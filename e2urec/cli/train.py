@@ -140,7 +140,13 @@ def train(
         int | None, typer.Option(help="evaluations without improvement before stopping")
     ] = None,
     evals_per_epoch: Annotated[int | None, typer.Option(help=RECIPE_HELP)] = None,
-    early_stop_on: Annotated[str | None, typer.Option(help="loss (valid LogLoss) or auc")] = None,
+    early_stop_on: Annotated[
+        str | None,
+        typer.Option(
+            help="loss (valid LogLoss), auc, or lists (the listwise loss on validation-period "
+            "candidate lists; with --lists)"
+        ),
+    ] = None,
     lora: Annotated[
         bool | None,
         typer.Option(

@@ -42,10 +42,14 @@ def candidate_lists(
     *,
     pool_size: int = 50,
     list_size: int = 20,
+    draw_from: Sequence[Sample] | None = None,
 ) -> list[CandidateList]:
-    """About ``per_sample`` lists for each sample (drawn with ``seed``; a drawn sample whose
-    pool holds no positive gives none), each at most ``list_size`` items: every positive in the
-    pool (at most half the list) and negatives drawn from the rest of it.
+    """About ``per_sample`` lists for each sample of ``draw_from`` (default: ``samples``; drawn
+    with ``seed``; a drawn sample whose pool holds no positive gives none), each at most
+    ``list_size`` items: every positive in the pool (at most half the list) and negatives drawn
+    from the rest of it. ``samples`` is everything the stage and the users' timelines are built
+    from: a validation period's lists are drawn from its samples, with the train period's
+    behind them.
 
     The co-occurrence counts leave out the list's own user: their own later ratings would
     otherwise vote for exactly the positives, which a candidate stage serving them never sees.
@@ -69,7 +73,8 @@ def candidate_lists(
         by_user[s.user_id].append(s)
     rng = random.Random(seed)
     out: list[CandidateList] = []
-    for s in rng.choices(list(samples), k=round(len(samples) * per_sample)):
+    drawn = list(samples if draw_from is None else draw_from)
+    for s in rng.choices(drawn, k=round(len(drawn) * per_sample)) if drawn else []:
         timeline = by_user[s.user_id]
         earlier = {x.item_id for x in timeline if x.timestamp < s.timestamp}
         seen = earlier | {i for i, _ in s.history}
