@@ -83,3 +83,10 @@ def list_loss(
         log_p = torch.log_softmax(keys, dim=0)
         losses.append(-log_p[lst.positive.to(part.device)].mean())
     return torch.stack(losses).mean()
+
+
+def stage_only_loss(lists: Sequence[EncodedList]) -> float:
+    """:func:`list_loss` with P(like) the same for every candidate: the candidate stage's order
+    alone, the reference a trained model's list loss has to go below."""
+    losses = [-torch.log_softmax(x.log_stage, dim=0)[x.positive].mean() for x in lists]
+    return float(torch.stack(losses).mean())

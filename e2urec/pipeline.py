@@ -85,6 +85,7 @@ def train_and_save(
             "history": result.history,
             "trainable_parameters": result.trainable_parameters,
             "lists": result.lists,
+            "stage_list_loss": result.stage_list_loss,
         },
         "metrics": metrics,
         "scored_samples": {name: len(part) for name, part in evaluate_on.items()},

@@ -20,7 +20,7 @@ from e2urec.data.lists import candidate_lists
 from e2urec.data.prepared import Catalog
 from e2urec.data.samples import NEGATIVE_POOLS, Sample, with_unrated
 from e2urec.encoding import answer_loss, collate, encode_prompts, target_loss
-from e2urec.listwise import encode_lists, list_answer_logits, list_loss
+from e2urec.listwise import encode_lists, list_answer_logits, list_loss, stage_only_loss
 from e2urec.lora import lora_config
 from e2urec.metrics import utility
 from e2urec.scoring import predict_like
@@ -167,6 +167,9 @@ class TrainResult:
     steps: int = 0
     trainable_parameters: int = 0
     lists: int = 0  # candidate lists trained on (TrainConfig.lists)
+    # the validation lists' loss with the candidate stage's scores alone (no model): what
+    # the list loss in ``history`` must go below for the model to add to the stage's order
+    stage_list_loss: float | None = None
 
 
 def bucketed_batches(
@@ -318,7 +321,10 @@ def train_llmrec(
     )
 
     result = TrainResult(
-        best_valid={}, trainable_parameters=sum(p.numel() for p in trainable), lists=len(lists)
+        best_valid={},
+        trainable_parameters=sum(p.numel() for p in trainable),
+        lists=len(lists),
+        stage_list_loss=stage_only_loss(valid_lists) if valid_lists else None,
     )
     best_state, best_key, bad_evals = None, None, 0
     started, step = time.perf_counter(), 0
@@ -372,7 +378,12 @@ def train_llmrec(
                     f"epoch {epoch} step {step}: train loss {running:.4f} | valid AUC "
                     f"{metrics['auc']:.4f} ACC {metrics['acc']:.4f} "
                     f"LogLoss {metrics['logloss']:.4f}"
-                    + (f" | list loss {metrics['list_loss']:.4f}" if valid_lists else "")
+                    + (
+                        f" | list loss {metrics['list_loss']:.4f} (the stage alone: "
+                        f"{result.stage_list_loss:.4f})"
+                        if valid_lists
+                        else ""
+                    )
                 )
             key = {
                 "auc": metrics["auc"],

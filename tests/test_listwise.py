@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -77,6 +79,22 @@ def test_lists_cap_positives_at_half_and_refuse_bad_sizes():
         TrainConfig(early_stop_on="lists")
 
 
+def test_the_stage_alone_scores_a_list_by_its_own_order():
+    from e2urec.listwise import EncodedList, stage_only_loss
+
+    def encoded(stage: list[float], positive: list[bool]) -> EncodedList:
+        return EncodedList(
+            [], [[0]] * len(stage), torch.log(torch.tensor(stage)), torch.tensor(positive)
+        )
+
+    flat = encoded([1.0, 1.0, 1.0, 1.0], [True, False, False, False])
+    assert stage_only_loss([flat]) == pytest.approx(math.log(4))
+    first = encoded([3.0, 1.0], [True, False])  # the stage puts the positive first: below log 2
+    last = encoded([3.0, 1.0], [False, True])
+    assert stage_only_loss([first]) == pytest.approx(-math.log(3 / 4))
+    assert stage_only_loss([first, last]) == pytest.approx((-math.log(3 / 4) - math.log(1 / 4)) / 2)
+
+
 @pytest.fixture(scope="module")
 def small():
     ds = generate_synthetic(SyntheticConfig(users=60, items=80, ratings_per_user=25, seed=3))
@@ -137,6 +155,7 @@ def test_early_stopping_on_lists_judges_the_validation_periods_lists(small):
     judged = [h["list_loss"] for h in result.history]
     assert len(judged) == 2 and all(0 < x < 10 for x in judged)
     assert result.best_valid["list_loss"] == min(judged)  # the kept weights are the best's
+    assert 0 < result.stage_list_loss < 10  # the stage's own order, the bar to go below
 
 
 def test_lists_that_cannot_be_built_fail_before_training(small):
