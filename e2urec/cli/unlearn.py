@@ -145,6 +145,12 @@ def unlearn(
             if train_config is not None and train_config.negatives
             else ""
         )
+        + (
+            "; the base also trained on candidate lists (--lists): Retrain rebuilds them without "
+            "the forgotten users, the other methods unlearn those users' rated samples only"
+            if train_config is not None and train_config.lists
+            else ""
+        )
     )
     test = rng.sample(splits.test, min(eval_samples, len(splits.test)))
     before, _ = evaluate(backbone, catalog, test, forget, heldout)
