@@ -54,6 +54,8 @@ def train_once(
     memorise: set[int] | None = None,
     repeat: int = 1,
     backbone: str = "tiny",
+    negatives: float = 0.0,
+    negatives_from: str = "co-occurrence",
 ) -> dict:
     """The catalogue and a trained base, kept in ``work`` across runs."""
     from e2urec.data import SyntheticConfig, generate_synthetic
@@ -94,6 +96,8 @@ def train_once(
         memorise_users=memorise,
         repeat=repeat,
         early_stop=not memorise,
+        negatives=negatives or None,
+        negatives_from=negatives_from if negatives else None,
     )
     recipe["salt"] = SALT
     recipe["backbone"] = backbone
@@ -289,6 +293,15 @@ def run_batch(
     }
 
 
+def negatives_note(train_config: dict) -> str:
+    if not train_config.get("negatives"):
+        return ""
+    return (
+        f"; {train_config['negatives']:g} unrated negative(s) a sample drawn by "
+        f"{train_config['negatives_from']}, which the worker forgets and keeps too"
+    )
+
+
 def settings_note(overrides: dict[str, str]) -> str:
     if not overrides:
         return ""
@@ -322,6 +335,16 @@ def main(
             help="a service setting for the stack, NAME=VALUE (e.g. valid_samples=100); repeatable"
         ),
     ] = None,
+    negatives: Annotated[
+        float,
+        typer.Option(
+            help="unrated negatives per sample for the base (e2urec train --negatives): the "
+            "worker then unlearns a base trained on them"
+        ),
+    ] = 0.0,
+    negatives_from: Annotated[
+        str, typer.Option(help="popularity or co-occurrence (with --negatives)")
+    ] = "co-occurrence",
     timeout: Annotated[float, typer.Option(help="seconds a batch may take")] = 3600.0,
     pg: Annotated[str, typer.Option(help="PostgreSQL admin URL")] = (
         "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -338,8 +361,13 @@ def main(
         for name, value in name_values(setting or [], "--setting").items()
     }
     memorise = set(range(1, max(sizes) + 1)) if regime == "memorising" else None
-    work = work / f"{regime}-{backbone}"  # a base per regime and backbone
-    recipe = train_once(work, users, items, per_user, epochs, memorise, repeat, backbone)
+    # a base per regime, backbone and negatives
+    work = work / (
+        f"{regime}-{backbone}" + (f"-negatives-{negatives:g}-{negatives_from}" if negatives else "")
+    )
+    recipe = train_once(
+        work, users, items, per_user, epochs, memorise, repeat, backbone, negatives, negatives_from
+    )
 
     results = []
     for n in sizes:
@@ -369,7 +397,9 @@ def main(
         f"on {recipe.get('train_samples')} samples ({regime} regime: "
         f"{recipe.get('memorised_users', 0)} users seen "
         f"{recipe.get('repeat', 1)}x an epoch, early stopping "
-        f"{'on' if recipe.get('early_stop', True) else 'off'}). Held-out loss and the attack "
+        f"{'on' if recipe.get('early_stop', True) else 'off'}"
+        + negatives_note(recipe.get("train_config", {}))
+        + "). Held-out loss and the attack "
         "use the audit users (never trained on, same period); the attack sets one threshold "
         "per label.",
         "",

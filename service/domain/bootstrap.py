@@ -73,6 +73,8 @@ def train_base(
     memorise_users: set[int] | None = None,
     repeat: int = 1,
     early_stop: bool = True,
+    negatives: float | None = None,
+    negatives_from: str | None = None,
 ) -> dict:
     """Train on what the database holds now and save to ``out``; returns the metrics and the
     recipe to record with the model. Quarantined users are left out, or exactly
@@ -82,7 +84,9 @@ def train_base(
     off trains every epoch: a base that remembers those users, for benchmarks and tests of
     forgetting (the canaries of the memorising benchmark).
 
-    ``epochs``, ``lr`` and ``samples`` left None take the backbone's recipe
+    ``negatives`` and ``negatives_from`` train on unrated negatives as ``e2urec train`` does
+    (:class:`e2urec.training.TrainConfig`); the worker unlearns such a base on the data as it
+    saw it. ``epochs``, ``lr`` and ``samples`` left None take the backbone's recipe
     (:func:`e2urec.training.recipe_for`): all weights for the presets, a merged LoRA for a
     pretrained LLM."""
     recipe_default = recipe_for(backbone)
@@ -102,7 +106,9 @@ def train_base(
     audit = {u for u in dataset.users if is_audit_user(salt, u, settings.audit_fraction)}
     splits.train = [s for s in splits.train if s.user_id not in audit]
     catalog = Catalog.of(dataset)
-    train_cfg = recipe_default.config(epochs=epochs, lr=lr, seed=seed)
+    train_cfg = recipe_default.config(
+        epochs=epochs, lr=lr, seed=seed, negatives=negatives, negatives_from=negatives_from
+    )
     canaries = [s for s in splits.train if s.user_id in (memorise_users or set())]
     started = time.perf_counter()
     recipe = {
