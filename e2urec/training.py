@@ -244,19 +244,22 @@ def train_llmrec(
 
     ``on_step(step, total_steps, loss)`` is called after every optimiser step. ``until(backbone)``
     is called after every epoch, the model in eval mode; a reason it returns ends training
-    (e.g. a model fitted to a forget set until it has learned enough of it)."""
+    (e.g. a model fitted to a forget set until it has learned enough of it). With
+    ``config.lists``, candidate lists built from ``train`` (and, for validation, from ``valid``
+    with ``train`` behind it) add a listwise loss at every step."""
     cfg = config or TrainConfig()
     if not train:
         raise ValueError("the train split is empty")
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     fmt = backbone.format
+    rated = list(train)  # before any unrated negatives join: lists are built from ratings
     # Built before the model is touched: a request for lists that yields none fails here.
     lists = encode_lists(
         backbone.tokenizer,
         fmt,
         catalog,
-        candidate_lists(train, cfg.lists, cfg.seed, list_size=cfg.list_size),
+        candidate_lists(rated, cfg.lists, cfg.seed, list_size=cfg.list_size),
     )
     if cfg.lists and not lists:
         raise ValueError(
@@ -300,7 +303,7 @@ def train_llmrec(
             fmt,
             catalog,
             candidate_lists(
-                [*train, *valid], 1.0, cfg.seed, list_size=cfg.list_size, draw_from=valid_eval
+                [*rated, *valid], 1.0, cfg.seed, list_size=cfg.list_size, draw_from=valid_eval
             )[: max(len(lists) // 4, 50)],  # a quarter of the training lists' count is plenty
         )
         if cfg.lists and valid_eval

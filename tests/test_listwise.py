@@ -167,3 +167,19 @@ def test_lists_that_cannot_be_built_fail_before_training(small):
     with pytest.raises(ValueError, match="no candidate list holds a positive"):
         train_llmrec(backbone, catalog, one_each, [], TrainConfig(lists=1.0), progress=False)
     assert all(torch.equal(a, b) for a, b in zip(weights, backbone.model.parameters(), strict=True))
+
+
+def test_validation_lists_ignore_the_unrated_negatives_training_adds(small):
+    from e2urec.listwise import stage_only_loss
+
+    catalog, splits, corpus = small
+    train, valid = splits.train[:150], splits.valid[:150]
+    backbone = load_backbone("tiny", corpus=corpus, device="cpu")
+    cfg = TrainConfig(epochs=1, batch_size=64, lists=0.3, negatives=1.0)
+    result = train_llmrec(backbone, catalog, train, valid, cfg, progress=False)
+    # the stage behind the validation lists counts ratings only: a drawn negative is no rating
+    drawn = candidate_lists([*train, *valid], 1.0, seed=0, draw_from=valid)
+    expected = encode_lists(
+        backbone.tokenizer, backbone.format, catalog, drawn[: max(result.lists // 4, 50)]
+    )
+    assert result.stage_list_loss == pytest.approx(stage_only_loss(expected))
