@@ -44,16 +44,17 @@ def candidate_lists(
     list_size: int = 20,
     draw_from: Sequence[Sample] | None = None,
 ) -> list[CandidateList]:
-    """About ``per_sample`` lists for each sample of ``draw_from`` (default: ``samples``; drawn
-    with ``seed``; a drawn sample whose pool holds no positive gives none), each at most
-    ``list_size`` items: every positive in the pool (at most half the list) and negatives drawn
-    from the rest of it. ``samples`` is everything the stage and the users' timelines are built
-    from: a validation period's lists are drawn from its samples, with the train period's
-    behind them.
+    """About ``per_sample`` lists for each sample of ``draw_from`` (some of ``samples``; all of
+    them by default; drawn with ``seed``; a drawn sample whose pool holds no positive gives
+    none), each at most ``list_size`` items: every positive in the pool (at most half the list)
+    and negatives drawn from the rest of it. ``samples`` is everything the stage and the
+    users' timelines are built from: a validation period's lists are drawn from its samples,
+    with the train period's behind them.
 
     The co-occurrence counts leave out the list's own user: their own later ratings would
     otherwise vote for exactly the positives, which a candidate stage serving them never sees.
-    Other users' ratings all count, as ``with_unrated``'s pool does."""
+    Other users' ratings all count, as ``with_unrated``'s pool does. What a user rated before
+    ``samples`` begin is unknown here, so such an item can be listed as a negative."""
     if per_sample < 0:
         raise ValueError(f"per_sample must be >= 0, got {per_sample}")
     if pool_size < 2 or list_size < 2:
