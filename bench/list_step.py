@@ -43,15 +43,12 @@ def main(
     list_size: int = 20,
     threads: Annotated[int, typer.Option(help="torch threads (0 = leave as is)")] = 0,
 ) -> None:
-    from peft import get_peft_model
-
     from e2urec.data import load_prepared
     from e2urec.data.lists import candidate_lists
     from e2urec.encoding import answer_logits, answer_loss, collate, encode_prompts
     from e2urec.listwise import encode_lists, list_answer_logits, list_loss
-    from e2urec.lora import lora_config
     from e2urec.pipeline import load_base
-    from e2urec.training import autocast, recipe_for
+    from e2urec.training import autocast, recipe_for, with_lora
 
     if threads:
         torch.set_num_threads(threads)
@@ -60,16 +57,7 @@ def main(
     cfg = recipe_for(backbone).config()
     bb = load_base(backbone, catalog, train, device="cpu", seed=0)
     if cfg.lora:
-        bb.model = get_peft_model(
-            bb.model,
-            lora_config(
-                bb.model,
-                r=cfg.lora_r,
-                alpha=cfg.lora_alpha,
-                dropout=cfg.lora_dropout,
-                targets=cfg.lora_targets,
-            ),
-        )
+        bb.model = with_lora(bb.model, cfg)
     model, fmt, tok = bb.model, bb.format, bb.tokenizer
     chosen = candidate_lists(train, 1.0, seed=0, list_size=list_size)[:lists]
     if len(chosen) < lists:

@@ -18,7 +18,13 @@ import torch
 
 from e2urec.data.lists import CandidateList
 from e2urec.data.prepared import Catalog
-from e2urec.encoding import PromptFormat, answer_logits, collate, encode_shared_prefix
+from e2urec.encoding import (
+    PromptFormat,
+    answer_logits,
+    collate,
+    encode_prompts,
+    encode_shared_prefix,
+)
 from e2urec.scoring import prefix_answer_logits
 
 
@@ -33,8 +39,6 @@ class EncodedList:
 def encode_lists(
     tokenizer, fmt: PromptFormat, catalog: Catalog, lists: Sequence[CandidateList]
 ) -> list[EncodedList]:
-    from e2urec.encoding import encode_prompts
-
     out = []
     for lst in lists:
         prompts = [catalog.prompt_for(lst.user_id, lst.history, i) for i in lst.items]
@@ -90,3 +94,19 @@ def stage_only_loss(lists: Sequence[EncodedList]) -> float:
     alone, the reference a trained model's list loss has to go below."""
     losses = [-torch.log_softmax(x.log_stage, dim=0)[x.positive].mean() for x in lists]
     return float(torch.stack(losses).mean())
+
+
+@torch.no_grad()
+def mean_list_loss(backbone, lists: Sequence[EncodedList], chunk: int = 8) -> float:
+    """Mean :func:`list_loss` over ``lists``, in eval mode, a few lists at a time."""
+    model, was_training = backbone.model, backbone.model.training
+    model.eval()
+    try:
+        total = 0.0
+        for start in range(0, len(lists), chunk):
+            part = lists[start : start + chunk]
+            logits = list_answer_logits(model, backbone.format, part, backbone.device)
+            total += list_loss(logits, backbone.format, part).item() * len(part)
+    finally:
+        model.train(was_training)
+    return total / len(lists)

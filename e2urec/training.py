@@ -20,7 +20,13 @@ from e2urec.data.lists import candidate_lists
 from e2urec.data.prepared import Catalog
 from e2urec.data.samples import NEGATIVE_POOLS, Sample, with_unrated
 from e2urec.encoding import answer_loss, collate, encode_prompts, target_loss
-from e2urec.listwise import encode_lists, list_answer_logits, list_loss, stage_only_loss
+from e2urec.listwise import (
+    encode_lists,
+    list_answer_logits,
+    list_loss,
+    mean_list_loss,
+    stage_only_loss,
+)
 from e2urec.lora import lora_config
 from e2urec.metrics import utility
 from e2urec.scoring import predict_like
@@ -213,20 +219,21 @@ def seeded_subset(valid: Sequence[Sample], limit: int | None, seed: int) -> list
     return random.Random(seed).sample(list(valid), limit)
 
 
-@torch.no_grad()
-def evaluate_lists(backbone: Backbone, lists: Sequence, chunk: int = 8) -> float:
-    """Mean listwise loss over ``lists`` (encoded), in eval mode, a few lists at a time."""
-    model, was_training = backbone.model, backbone.model.training
-    model.eval()
-    try:
-        total = 0.0
-        for start in range(0, len(lists), chunk):
-            part = lists[start : start + chunk]
-            logits = list_answer_logits(model, backbone.format, part, backbone.device)
-            total += list_loss(logits, backbone.format, part).item() * len(part)
-    finally:
-        model.train(was_training)
-    return total / len(lists)
+def with_lora(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
+    """``model`` wrapped in the trainable LoRA that ``cfg`` describes (rank, alpha, dropout,
+    target modules), the rest frozen."""
+    from peft import get_peft_model
+
+    return get_peft_model(
+        model,
+        lora_config(
+            model,
+            r=cfg.lora_r,
+            alpha=cfg.lora_alpha,
+            dropout=cfg.lora_dropout,
+            targets=cfg.lora_targets,
+        ),
+    )
 
 
 def train_llmrec(
@@ -268,18 +275,7 @@ def train_llmrec(
             "on more samples per user"
         )
     if cfg.lora:
-        from peft import get_peft_model
-
-        backbone.model = get_peft_model(
-            backbone.model,
-            lora_config(
-                backbone.model,
-                r=cfg.lora_r,
-                alpha=cfg.lora_alpha,
-                dropout=cfg.lora_dropout,
-                targets=cfg.lora_targets,
-            ),
-        )
+        backbone.model = with_lora(backbone.model, cfg)
     model = backbone.model
     if cfg.bf16 and not fast_bf16(backbone.device) and progress:
         tqdm.write(
@@ -374,7 +370,7 @@ def train_llmrec(
             scores = predict_like(backbone, valid_prompts, batch_size=cfg.eval_batch_size)
             metrics = utility([s.label for s in valid_eval], scores)
             if valid_lists:
-                metrics["list_loss"] = evaluate_lists(backbone, valid_lists)
+                metrics["list_loss"] = mean_list_loss(backbone, valid_lists)
             result.history.append({"epoch": epoch, "step": step, "train_loss": running, **metrics})
             if progress:
                 tqdm.write(
