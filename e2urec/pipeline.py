@@ -65,6 +65,9 @@ def train_and_save(
     )
     lists = f" (and {result.lists:,} candidate lists)" if result.lists else ""
     log(f"{result.stopped} after {result.steps:,} steps{lists} in {result.seconds:.0f}s")
+    if result.best_step and result.best_step != result.steps:
+        # a run that trains on after its best evaluation says which weights it saves
+        log(f"kept the weights of step {result.best_step:,}, the best on valid {cfg.early_stop_on}")
     metrics = {}
     for name, part in evaluate_on.items():
         scores = predict_like(
@@ -86,6 +89,7 @@ def train_and_save(
             "trainable_parameters": result.trainable_parameters,
             "lists": result.lists,
             "stage_list_loss": result.stage_list_loss,
+            "best_step": result.best_step,
         },
         "metrics": metrics,
         "scored_samples": {name: len(part) for name, part in evaluate_on.items()},

@@ -176,6 +176,8 @@ class TrainResult:
     # the validation lists' loss with the candidate stage's scores alone (no model): what
     # the list loss in ``history`` must go below for the model to add to the stage's order
     stage_list_loss: float | None = None
+    # the step whose weights were kept (the best evaluation); 0 when nothing was evaluated
+    best_step: int = 0
 
 
 def bucketed_batches(
@@ -391,6 +393,7 @@ def train_llmrec(
             }[cfg.early_stop_on]
             if best_key is None or key > best_key:
                 best_key, bad_evals, result.best_valid = key, 0, metrics
+                result.best_step = step
                 best_state = {
                     k: v.detach().clone()
                     for k, v in model.state_dict().items()

@@ -155,6 +155,7 @@ def test_early_stopping_on_lists_judges_the_validation_periods_lists(small):
     judged = [h["list_loss"] for h in result.history]
     assert len(judged) == 2 and all(0 < x < 10 for x in judged)
     assert result.best_valid["list_loss"] == min(judged)  # the kept weights are the best's
+    assert result.best_step == min(result.history, key=lambda h: h["list_loss"])["step"]
     assert 0 < result.stage_list_loss < 10  # the stage's own order, the bar to go below
 
 

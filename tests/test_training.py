@@ -153,6 +153,8 @@ def test_early_stopping_records_why(small):
     result = train_llmrec(backbone, catalog, splits.train[:256], splits.valid, cfg, progress=False)
     assert result.stopped.startswith("early stop: valid loss did not improve")
     assert len(result.history) == 2  # stopped at the first evaluation without improvement
+    # the first evaluation's weights are the ones kept, and the result says so
+    assert result.best_step == result.history[0]["step"] < result.steps
 
 
 def test_until_ends_training_after_the_epoch_it_names(small):
