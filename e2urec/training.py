@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from peft import get_peft_model
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
@@ -224,8 +225,6 @@ def seeded_subset(valid: Sequence[Sample], limit: int | None, seed: int) -> list
 def with_lora(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
     """``model`` wrapped in the trainable LoRA that ``cfg`` describes (rank, alpha, dropout,
     target modules), the rest frozen."""
-    from peft import get_peft_model
-
     return get_peft_model(
         model,
         lora_config(
