@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -73,7 +75,15 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def service_base(tmp_path_factory):
-    """A tiny base trained on a small synthetic catalogue, shared by the worker tests."""
+    """A tiny base trained on a small synthetic catalogue, shared by the worker tests.
+
+    Under pytest-xdist the worker test files land on both processes, so the base is trained
+    once for the run into the folder the processes share, behind a file lock, instead of once
+    in each process. The tests only read it (consolidation gets its own copy)."""
     from tests.worker_world import train_small_base
 
-    return train_small_base(tmp_path_factory.mktemp("trained"))
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # one process: nothing to share
+        return train_small_base(tmp_path_factory.mktemp("trained"))
+    shared = tmp_path_factory.getbasetemp().parent  # one per run, above every process's own
+    with FileLock(str(shared / "service_base.lock")):
+        return train_small_base(shared / "service-base", reuse=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,10 +46,16 @@ class Trained:
         ]
 
 
-def train_small_base(root: Path) -> Trained:
+def train_small_base(root: Path, *, reuse: bool = False) -> Trained:
+    """Train the worker tests' base into ``root / "base"``; with ``reuse``, a base a previous
+    call finished there (its recipe written last, so a half-written folder is never reused)."""
     from service.domain.bootstrap import train_base
 
     dataset = small_dataset(users=60, items=80, per_user=30, seed=7)
+    recipe_file = root / "recipe.json"
+    if reuse and recipe_file.is_file():
+        return Trained(dataset, root / "base", json.loads(recipe_file.read_text()))
+    shutil.rmtree(root / "base", ignore_errors=True)  # what a failed earlier call left
     with postgres_database() as url:
         prepare_database(url, dataset, None)
         settings = make_settings(url, root)
@@ -62,7 +70,9 @@ def train_small_base(root: Path) -> Trained:
             log=lambda _: None,
             progress=False,
         )
-    return Trained(dataset, root / "base", recipe)
+    recipe_file.write_text(json.dumps(recipe))
+    # Read back, so the process that trained sees the same JSON types as those that reuse.
+    return Trained(dataset, root / "base", json.loads(recipe_file.read_text()))
 
 
 @contextlib.contextmanager
