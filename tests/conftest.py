@@ -86,4 +86,4 @@ def service_base(tmp_path_factory):
         return train_small_base(tmp_path_factory.mktemp("trained"))
     shared = tmp_path_factory.getbasetemp().parent  # one per run, above every process's own
     with FileLock(str(shared / "service_base.lock")):
-        return train_small_base(shared / "service-base", reuse=True)
+        return train_small_base(shared / "service-base")

@@ -46,14 +46,14 @@ class Trained:
         ]
 
 
-def train_small_base(root: Path, *, reuse: bool = False) -> Trained:
-    """Train the worker tests' base into ``root / "base"``; with ``reuse``, a base a previous
-    call finished there (its recipe written last, so a half-written folder is never reused)."""
+def train_small_base(root: Path) -> Trained:
+    """Train the worker tests' base into ``root / "base"``, or reuse the one an earlier call
+    finished there (its recipe is written last, so a half-written folder is never reused)."""
     from service.domain.bootstrap import train_base
 
     dataset = small_dataset(users=60, items=80, per_user=30, seed=7)
     recipe_file = root / "recipe.json"
-    if reuse and recipe_file.is_file():
+    if recipe_file.is_file():
         return Trained(dataset, root / "base", json.loads(recipe_file.read_text()))
     shutil.rmtree(root / "base", ignore_errors=True)  # what a failed earlier call left
     with postgres_database() as url:
