@@ -17,6 +17,10 @@ bash scripts/setup.sh >/dev/null
 . .venv/bin/activate
 
 export E2UREC_DATA_DIR=${E2UREC_DATA_DIR:-var}
+# glibc's malloc keeps large tensors on the heap instead of mmap-ing each one afresh: 4.90 -> 3.82 s
+# for a SmolLM2 /recommend on 2 cores (bench/results/prefix-scoring-cpu-malloc; docker/Dockerfile).
+export MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-4294967296}
+export MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_:-17179869184}
 mkdir -p "$E2UREC_DATA_DIR/logs"
 PORT=${PORT:-8000}
 
