@@ -34,9 +34,9 @@ from bench.llm_speed import matmul_peak
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 Request = tuple[list[int], list[list[int]]]  # a user's prefix ids, its candidates' suffix ids
+CANDIDATES = 50  # per request, as /recommend scores them
 
 
-@torch.inference_mode()
 def head_everywhere_logits(model, fmt, prefixes, suffixes, device) -> torch.Tensor:
     """The previous implementation, kept here only to measure against: suffixes right-padded,
     so each answer sits at a different position and the LM head runs at all of them."""
@@ -74,13 +74,6 @@ def head_everywhere_logits(model, fmt, prefixes, suffixes, device) -> torch.Tens
     return out.logits[torch.arange(len(flat)), last.to(device)]
 
 
-@torch.inference_mode()
-def answer_only_logits(model, fmt, prefixes, suffixes, device) -> torch.Tensor:
-    from e2urec.scoring import prefix_answer_logits
-
-    return prefix_answer_logits(model, fmt, prefixes, suffixes, device)
-
-
 def build_requests(
     backbone: str, path: Path | None, ratings_file: str | None, count: int, seed: int
 ):
@@ -104,7 +97,8 @@ def build_requests(
     items = sorted(catalog.items)
     requests: list[Request] = []
     for user in users:
-        prompts = [catalog.prompt_for(user, last[user].history, i) for i in rng.sample(items, 50)]
+        drawn = rng.sample(items, CANDIDATES)
+        prompts = [catalog.prompt_for(user, last[user].history, i) for i in drawn]
         requests.append(
             encode_shared_prefix(
                 bb.tokenizer, bb.format, prompts[0].prefix, [p.suffix for p in prompts]
@@ -123,7 +117,7 @@ def time_variant(
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     groups = [requests[i : i + per_batch] for i in range(0, len(requests), per_batch)]
     scores = []
-    with autocast:
+    with torch.inference_mode(), autocast:
         first = groups[0][:1]  # warm-up: allocator and kernels
         logits_of(model, fmt, [r[0] for r in first], [r[1] for r in first], bb.device)
         started = time.perf_counter()
@@ -143,6 +137,8 @@ def main(
     users: Annotated[int, typer.Option(help="requests timed per cell")] = 8,
     seed: int = 0,
 ) -> None:
+    from e2urec.scoring import prefix_answer_logits
+
     out.mkdir(parents=True, exist_ok=True)
     peak = {"float32": matmul_peak(torch.float32), "bfloat16": matmul_peak(torch.bfloat16)}
     bb, requests, dataset = build_requests(backbone, path, ratings_file, users, seed)
@@ -153,9 +149,13 @@ def main(
     )
     variants = [
         ("head at every suffix position (before)", head_everywhere_logits, False),
-        ("head at the answer only (now)", answer_only_logits, False),
-        ("head at the answer only + bfloat16 autocast", answer_only_logits, True),
+        ("head at the answer only (now)", prefix_answer_logits, False),
+        ("head at the answer only + bfloat16 autocast", prefix_answer_logits, True),
     ]
+
+    def per_request(i: int) -> slice:  # request i's rows in a variant's scores
+        return slice(i * CANDIDATES, (i + 1) * CANDIDATES)
+
     rows, reference = [], None
     for per_batch in (1, users):
         for name, fn, bf16 in variants:
@@ -164,14 +164,14 @@ def main(
                 reference = p  # float32, one request at a time: what the others must match
             dtype = "bfloat16" if bf16 else "float32"
             agreement = [
-                spearmanr(reference[i * 50 : (i + 1) * 50], p[i * 50 : (i + 1) * 50]).statistic
+                spearmanr(reference[per_request(i)], p[per_request(i)]).statistic
                 for i in range(len(requests))
             ]
             row = {
                 "variant": name,
                 "users_per_pass": per_batch,
                 "seconds_per_request": seconds / len(requests),
-                "candidates_per_s": 50 * len(requests) / seconds,
+                "candidates_per_s": CANDIDATES * len(requests) / seconds,
                 "gflops_per_s": useful / seconds / 1e9,
                 "share_of_matmul_peak": useful / seconds / peak[dtype],
                 "max_abs_p_difference": float((p - reference).abs().max()),
@@ -183,12 +183,12 @@ def main(
                 f" max |dP| {row['max_abs_p_difference']:.1e}",
                 flush=True,
             )
-    spread = [float(reference[i * 50 : (i + 1) * 50].std()) for i in range(len(requests))]
+    spread = [float(reference[per_request(i)].std()) for i in range(len(requests))]
     result = {
         "backbone": backbone,
         "dataset": dataset,
         "requests": len(requests),
-        "candidates": 50,
+        "candidates": CANDIDATES,
         "mean_prefix_tokens": float(np.mean([len(p) for p, _ in requests])),
         "mean_suffix_tokens": float(np.mean([len(t) for _, s in requests for t in s])),
         "max_suffix_tokens": max(len(t) for _, s in requests for t in s),
@@ -232,8 +232,9 @@ def render(r: dict) -> str:
     lines += [
         "",
         "P differences and rank agreement (Spearman within a request, median over requests) are "
-        "against the first row. The median standard deviation of one request's 50 scores is "
-        f"{r['median_score_spread']:.3f}: differences of that size reorder candidates.",
+        "against the first row. The median standard deviation of one request's "
+        f"{r['candidates']} scores is {r['median_score_spread']:.3f}: differences of that size "
+        "reorder candidates.",
         "",
         f"Command: `{r['command']}`",
         "",
