@@ -79,9 +79,16 @@ def stop_cleanly_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
+MALLOC_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "LD_PRELOAD")
+
+
 def machine() -> str:
     device = "CUDA " + torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    return f"{platform.platform()}, {os.cpu_count()} CPUs, {device}"
+    # glibc's mmap threshold changes a SmolLM2 pass on the CPU by up to 1.75x
+    # (bench/results/prefix-scoring-cpu-malloc), so a result names the setting it ran under
+    malloc = [f"{k}={os.environ[k]}" for k in MALLOC_SETTINGS if k in os.environ]
+    allocator = ", ".join(malloc) if malloc else "glibc malloc defaults"
+    return f"{platform.platform()}, {os.cpu_count()} CPUs, {device}, {allocator}"
 
 
 def name_values(items: list[str], param_hint: str) -> dict[str, str]:

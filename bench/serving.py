@@ -173,13 +173,14 @@ def main(
         f"request, top {k} returned; {seconds:.0f} s per cell after a 3 s warm-up; the load "
         "generator shares the machine.",
         "",
-        "| engine | clients | req/s | candidates/s | p50 ms | p99 ms | errors |",
-        "|---|---|---|---|---|---|---|",
+        "| engine | clients | requests | req/s | candidates/s | p50 ms | p99 ms | errors |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, rows in results.items():
         for r in rows:
             lines.append(
-                f"| {name} | {r['concurrency']} | {r['rps']:.1f} | {r['candidates_per_s']:.0f} | "
+                f"| {name} | {r['concurrency']} | {r['requests']} | {r['rps']:.2f} | "
+                f"{r['candidates_per_s']:.0f} | "
                 f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['errors']} |"
             )
     base = {r["concurrency"]: r["rps"] for r in results["one request at a time, full prompts"]}

@@ -310,6 +310,16 @@ def settings_note(overrides: dict[str, str]) -> str:
     )
 
 
+def serving_cell(r: dict) -> str:
+    """When the batch's adapter served, or that none did: a refused job leaves the users
+    quarantined and the serving model as it was (fail closed), which is no serving time."""
+    if r["status"].startswith("refused: quality gate"):
+        return "never (refused by the gate)"
+    if r["status"] != "published":
+        return "never (the job failed)"
+    return f"{r['serving_seconds']:.1f}s"
+
+
 @app.command()
 def main(
     out: Annotated[Path, typer.Option(help="results folder")],
@@ -377,8 +387,8 @@ def main(
         results.append(r)
         print(
             f"{n} users: accepted in {r['accept_seconds']:.1f}s, completed after "
-            f"{r['completed_seconds']:.1f}s ({r['status'][:60]}), adapter serving after "
-            f"{r['serving_seconds']:.1f}s "
+            f"{r['completed_seconds']:.1f}s ({r['status'][:60]}), adapter serving: "
+            f"{serving_cell(r)} "
             f"(job {r['job_seconds']:.1f}s, {r['forget_samples']} forget samples)",
             flush=True,
         )
@@ -414,7 +424,7 @@ def main(
         stages = ", ".join(f"{k} {v:.0f}s" for k, v in r["stage_seconds"].items())
         lines.append(
             f"| {r['users']} | {r['forget_samples']} | {r['accept_seconds']:.1f}s | "
-            f"{r['completed_seconds']:.1f}s | {r['serving_seconds']:.1f}s | "
+            f"{r['completed_seconds']:.1f}s | {serving_cell(r)} | "
             f"{r['job_seconds']:.1f}s | {stages} | {r['stopped']} | "
             f"{g['forget_logloss_before']:.3f} -> {g['forget_logloss_after']:.3f} "
             f"({r['teacher_forget_loss'].get('forced', float('nan')):.3f}) | "
