@@ -59,7 +59,7 @@ export E2UREC_TICK_SECONDS=${E2UREC_TICK_SECONDS:-5}
 
 if [ "${E2UREC_BACKBONE:-tiny}" != tiny ] && ! python -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
   # A 135M model on a CPU: one 50-candidate request already fills the cores, and larger passes
-  # run slower per row (0.2 against 0.3 req/s at 8 clients, bench/results/serving-smollm2-cpu;
+  # run slower per row (0.22 against 0.28 req/s at 8 clients, bench/results/serving-smollm2-cpu;
   # 8 users in one pass 4.78 against 3.82 s a request with the malloc settings above,
   # bench/results/prefix-scoring-cpu-malloc), so score one request per model pass.
   export E2UREC_MAX_BATCH_ROWS=${E2UREC_MAX_BATCH_ROWS:-50}
