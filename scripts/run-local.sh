@@ -17,10 +17,6 @@ bash scripts/setup.sh >/dev/null
 . .venv/bin/activate
 
 export E2UREC_DATA_DIR=${E2UREC_DATA_DIR:-var}
-# glibc's malloc keeps large tensors on the heap instead of mmap-ing each one afresh: 4.90 -> 3.82 s
-# for a SmolLM2 /recommend on 2 cores (bench/results/prefix-scoring-cpu-malloc; docker/Dockerfile).
-export MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-4294967296}
-export MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_:-17179869184}
 mkdir -p "$E2UREC_DATA_DIR/logs"
 PORT=${PORT:-8000}
 
@@ -60,7 +56,7 @@ export E2UREC_TICK_SECONDS=${E2UREC_TICK_SECONDS:-5}
 if [ "${E2UREC_BACKBONE:-tiny}" != tiny ] && ! python -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
   # A 135M model on a CPU: one 50-candidate request already fills the cores, and larger passes
   # run slower per row (0.22 against 0.28 req/s at 8 clients, bench/results/serving-smollm2-cpu;
-  # 8 users in one pass 4.78 against 3.82 s a request with the malloc settings above,
+  # 8 users in one pass 4.78 against 3.82 s a request with the API's malloc settings below,
   # bench/results/prefix-scoring-cpu-malloc), so score one request per model pass.
   export E2UREC_MAX_BATCH_ROWS=${E2UREC_MAX_BATCH_ROWS:-50}
 fi
@@ -76,7 +72,12 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-e2urec-service serve --host 127.0.0.1 --port "$PORT" >"$E2UREC_DATA_DIR/logs/api.log" 2>&1 &
+# The API alone keeps large tensors on glibc's heap instead of mmap-ing each one afresh: 4.90 ->
+# 3.82 s for a SmolLM2 /recommend on 2 cores (bench/results/prefix-scoring-cpu-malloc). Not the
+# worker: a process keeps its peak memory, and a training job's heap grows (docs/operations.md).
+MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-4294967296} \
+MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_:-17179869184} \
+  e2urec-service serve --host 127.0.0.1 --port "$PORT" >"$E2UREC_DATA_DIR/logs/api.log" 2>&1 &
 pids+=($!)
 celery -A worker.app worker -Q e2urec.unlearning,e2urec.control --concurrency 2 \
   --loglevel INFO >"$E2UREC_DATA_DIR/logs/worker.log" 2>&1 &

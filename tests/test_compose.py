@@ -89,6 +89,20 @@ def test_the_unlearning_worker_takes_one_job_at_a_time(config):
     assert "e2urec.unlearning" in command
 
 
+def test_only_the_api_keeps_tensors_on_the_heap(config):
+    # The API's same-shaped scoring passes bound the memory it keeps; a training job's heap
+    # grows (a SmolLM2 job kept 12.6 GB and was OOM-killed), so the worker keeps glibc's default.
+    s = config["services"]
+    assert s["api"]["environment"]["MALLOC_MMAP_THRESHOLD_"] == "4294967296"
+    assert s["api"]["environment"]["MALLOC_TRIM_THRESHOLD_"] == "17179869184"
+    for name in ("worker", "control", "beat", "bootstrap"):
+        assert not {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"} & set(
+            s[name]["environment"]
+        ), name
+    for name in ("api", "worker"):  # the API's own entries did not replace the shared ones
+        assert s[name]["environment"]["E2UREC_REDIS_URL"] == "redis://redis:6379/0", name
+
+
 def test_missing_secrets_stop_the_stack_with_a_message(tmp_path):
     empty = tmp_path / "empty.env"
     empty.write_text("")
