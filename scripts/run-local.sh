@@ -74,7 +74,7 @@ trap cleanup EXIT INT TERM
 
 # The API alone keeps large tensors on glibc's heap instead of mmap-ing each one afresh: 4.90 ->
 # 3.82 s for a SmolLM2 /recommend on 2 cores (bench/results/prefix-scoring-cpu-malloc). Not the
-# worker: a process keeps its peak memory, and a training job's heap grows (docs/operations.md).
+# worker: a process keeps its peak memory, and a process that trained keeps its training peak.
 MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-4294967296} \
 MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_:-17179869184} \
   e2urec-service serve --host 127.0.0.1 --port "$PORT" >"$E2UREC_DATA_DIR/logs/api.log" 2>&1 &

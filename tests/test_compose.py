@@ -90,8 +90,8 @@ def test_the_unlearning_worker_takes_one_job_at_a_time(config):
 
 
 def test_only_the_api_keeps_tensors_on_the_heap(config):
-    # The API's same-shaped scoring passes bound the memory it keeps; a training job's heap
-    # grows (a SmolLM2 job kept 12.6 GB and was OOM-killed), so the worker keeps glibc's default.
+    # The API's same-shaped scoring passes bound the memory it keeps; a process that trained
+    # keeps its training peak (10.1 GB, beside a 13 GB job: OOM), so the worker keeps glibc's.
     s = config["services"]
     assert s["api"]["environment"]["MALLOC_MMAP_THRESHOLD_"] == "4294967296"
     assert s["api"]["environment"]["MALLOC_TRIM_THRESHOLD_"] == "17179869184"
