@@ -7,7 +7,7 @@ import functools
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -60,6 +60,10 @@ class TrainConfig:
     # where the hardware lacks them (see fast_bf16). Scoring for validation stays float32 so
     # that early stopping compares like with like.
     bf16: bool = False
+    # Recompute each layer's activations in the backward pass instead of holding them (activation
+    # checkpointing): one more forward a step for a fraction of the memory; what lets a
+    # pretrained LLM train where memory is short (bench/results/step-memory-cpu).
+    activation_checkpointing: bool = False
     # "target": cross-entropy over the whole target ("Yes." + EOS), the paper's objective;
     # "answer": only P(yes) against P(no) at the answer position, what scoring reads. A
     # pretrained LLM learns the trivial full stop and EOS at once and then sees little else.
@@ -215,6 +219,26 @@ def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextMana
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
+@contextlib.contextmanager
+def recomputed_activations(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
+    """Activation (gradient) checkpointing on ``model`` for the duration when ``enabled``: each
+    layer's activations are recomputed in the backward pass instead of being held from the
+    forward. Evaluation in between is unaffected (it only applies to training-mode forwards)."""
+    if not enabled:
+        yield
+        return
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ValueError(
+            f"{type(model).__name__} does not support activation checkpointing: turn it off"
+        )
+    # non-reentrant: a frozen base's inputs need no requires_grad hook for the LoRA to train
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        yield
+    finally:
+        model.activation_checkpointing_disable()
+
+
 def seeded_subset(valid: Sequence[Sample], limit: int | None, seed: int) -> list[Sample]:
     """At most ``limit`` of ``valid``, drawn with ``seed`` (all of them when ``limit`` is None)."""
     if limit is None or len(valid) <= limit:
@@ -328,94 +352,96 @@ def train_llmrec(
     )
     best_state, best_key, bad_evals = None, None, 0
     started, step = time.perf_counter(), 0
-    model.train()
-    for epoch in range(1, cfg.epochs + 1):
-        bar = tqdm(
-            bucketed_batches(lengths, cfg.batch_size, rng),
-            desc=f"epoch {epoch}/{cfg.epochs}",
-            disable=not progress,
-            unit="batch",
-            leave=False,
-        )
-        running = 0.0
-        # every list once an epoch, spread evenly over its steps
-        list_order = rng.sample(range(len(lists)), len(lists))
-        for i, idx in enumerate(bar, start=1):
-            with autocast(backbone.device, cfg.bf16):
-                if cfg.objective == "answer":
-                    batch = collate(fmt, [encoded[j] for j in idx]).to(backbone.device)
-                    y = torch.tensor([labels[j] for j in idx], device=backbone.device)
-                    loss, _ = answer_loss(model, fmt, batch, y)
+    with recomputed_activations(model, cfg.activation_checkpointing):
+        model.train()
+        for epoch in range(1, cfg.epochs + 1):
+            bar = tqdm(
+                bucketed_batches(lengths, cfg.batch_size, rng),
+                desc=f"epoch {epoch}/{cfg.epochs}",
+                disable=not progress,
+                unit="batch",
+                leave=False,
+            )
+            running = 0.0
+            # every list once an epoch, spread evenly over its steps
+            list_order = rng.sample(range(len(lists)), len(lists))
+            for i, idx in enumerate(bar, start=1):
+                with autocast(backbone.device, cfg.bf16):
+                    if cfg.objective == "answer":
+                        batch = collate(fmt, [encoded[j] for j in idx]).to(backbone.device)
+                        y = torch.tensor([labels[j] for j in idx], device=backbone.device)
+                        loss, _ = answer_loss(model, fmt, batch, y)
+                    else:
+                        batch = collate(fmt, [encoded[j] for j in idx], [labels[j] for j in idx])
+                        loss, _ = target_loss(model, batch.to(backbone.device))
+                    share = list_order[
+                        len(lists) * (i - 1) // steps_per_epoch : len(lists) * i // steps_per_epoch
+                    ]
+                    if share:
+                        chosen = [lists[j] for j in share]
+                        logits = list_answer_logits(model, fmt, chosen, backbone.device)
+                        loss = loss + cfg.list_weight * list_loss(logits, fmt, chosen)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                running = 0.9 * running + 0.1 * loss.item() if i > 1 else loss.item()
+                bar.set_postfix(loss=f"{running:.4f}")
+                if on_step is not None:
+                    on_step(step, total, running)
+                if i not in eval_points:
+                    continue
+                scores = predict_like(backbone, valid_prompts, batch_size=cfg.eval_batch_size)
+                metrics = utility([s.label for s in valid_eval], scores)
+                if valid_lists:
+                    metrics["list_loss"] = mean_list_loss(backbone, valid_lists)
+                point = {"epoch": epoch, "step": step, "train_loss": running, **metrics}
+                result.history.append(point)
+                if progress:
+                    tqdm.write(
+                        f"epoch {epoch} step {step}: train loss {running:.4f} | valid AUC "
+                        f"{metrics['auc']:.4f} ACC {metrics['acc']:.4f} "
+                        f"LogLoss {metrics['logloss']:.4f}"
+                        + (
+                            f" | list loss {metrics['list_loss']:.4f} (the stage alone: "
+                            f"{result.stage_list_loss:.4f})"
+                            if valid_lists
+                            else ""
+                        )
+                    )
+                key = {
+                    "auc": metrics["auc"],
+                    "loss": -metrics["logloss"],
+                    "lists": -metrics.get("list_loss", 0.0),
+                }[cfg.early_stop_on]
+                if best_key is None or key > best_key:
+                    best_key, bad_evals, result.best_valid = key, 0, metrics
+                    result.best_step = step
+                    best_state = {
+                        k: v.detach().clone()
+                        for k, v in model.state_dict().items()
+                        if not cfg.lora or "lora_" in k
+                    }
                 else:
-                    batch = collate(fmt, [encoded[j] for j in idx], [labels[j] for j in idx])
-                    loss, _ = target_loss(model, batch.to(backbone.device))
-                share = list_order[
-                    len(lists) * (i - 1) // steps_per_epoch : len(lists) * i // steps_per_epoch
-                ]
-                if share:
-                    chosen = [lists[j] for j in share]
-                    logits = list_answer_logits(model, fmt, chosen, backbone.device)
-                    loss = loss + cfg.list_weight * list_loss(logits, fmt, chosen)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            running = 0.9 * running + 0.1 * loss.item() if i > 1 else loss.item()
-            bar.set_postfix(loss=f"{running:.4f}")
-            if on_step is not None:
-                on_step(step, total, running)
-            if i not in eval_points:
-                continue
-            scores = predict_like(backbone, valid_prompts, batch_size=cfg.eval_batch_size)
-            metrics = utility([s.label for s in valid_eval], scores)
-            if valid_lists:
-                metrics["list_loss"] = mean_list_loss(backbone, valid_lists)
-            result.history.append({"epoch": epoch, "step": step, "train_loss": running, **metrics})
-            if progress:
-                tqdm.write(
-                    f"epoch {epoch} step {step}: train loss {running:.4f} | valid AUC "
-                    f"{metrics['auc']:.4f} ACC {metrics['acc']:.4f} "
-                    f"LogLoss {metrics['logloss']:.4f}"
-                    + (
-                        f" | list loss {metrics['list_loss']:.4f} (the stage alone: "
-                        f"{result.stage_list_loss:.4f})"
-                        if valid_lists
-                        else ""
-                    )
-                )
-            key = {
-                "auc": metrics["auc"],
-                "loss": -metrics["logloss"],
-                "lists": -metrics.get("list_loss", 0.0),
-            }[cfg.early_stop_on]
-            if best_key is None or key > best_key:
-                best_key, bad_evals, result.best_valid = key, 0, metrics
-                result.best_step = step
-                best_state = {
-                    k: v.detach().clone()
-                    for k, v in model.state_dict().items()
-                    if not cfg.lora or "lora_" in k
-                }
-            else:
-                bad_evals += 1
-                if bad_evals >= cfg.patience:
-                    result.stopped = (
-                        f"early stop: valid {cfg.early_stop_on} did not improve for {bad_evals} "
-                        f"evaluation(s)"
-                    )
-                    break
-        bar.close()
-        if result.stopped:
-            break
-        if until is not None:
-            model.eval()
-            reason = until(backbone)
-            model.train()
-            if reason:
-                result.stopped = reason
+                    bad_evals += 1
+                    if bad_evals >= cfg.patience:
+                        result.stopped = (
+                            f"early stop: valid {cfg.early_stop_on} did not improve for "
+                            f"{bad_evals} evaluation(s)"
+                        )
+                        break
+            bar.close()
+            if result.stopped:
                 break
+            if until is not None:
+                model.eval()
+                reason = until(backbone)
+                model.train()
+                if reason:
+                    result.stopped = reason
+                    break
     result.stopped = result.stopped or f"completed {cfg.epochs} epoch(s)"
     if best_state is not None:
         model.load_state_dict(best_state, strict=False)

@@ -15,7 +15,7 @@ from e2urec.metrics import log_loss
 from e2urec.scoring import predict_like
 from e2urec.training import TrainConfig, train_llmrec
 from e2urec.unlearn import E2URecConfig, StopRule, UnlearnTask, e2urec_unlearn
-from e2urec.unlearn.e2urec import e2urec_loss
+from e2urec.unlearn.e2urec import forget_term, remember_term
 from e2urec.unlearn.teachers import forced_logits, kl_divergence, soft_cross_entropy
 
 
@@ -52,13 +52,32 @@ def test_e2urec_loss_matches_the_formula_by_hand():
     soft_f = -(0.7 * math.log(q_f[0]) + 0.2 * math.log(q_f[1]) + 0.1 * math.log(q_f[2]))
     soft_r = -(0.1 * math.log(q_r[0]) + 0.6 * math.log(q_r[1]) + 0.3 * math.log(q_r[2]))
     ce = torch.tensor(0.5)
-    assert e2urec_loss(w, forced, s_f).item() == pytest.approx(soft_f, rel=1e-6)
-    full = e2urec_loss(w, forced, s_f, ce, orig, s_r).item()
+    # forget-only epochs: the forgetting term alone, unweighted
+    assert forget_term(w, forced, s_f, mixed=False).item() == pytest.approx(soft_f, rel=1e-6)
+    full = (forget_term(w, forced, s_f, mixed=True) + remember_term(w, ce, orig, s_r)).item()
     assert full == pytest.approx(w * (0.5 + soft_r) + (1 - w) * soft_f, rel=1e-6)
     # soft cross-entropy and KL differ by the teacher's entropy only
     entropy = -(0.7 * math.log(0.7) + 0.2 * math.log(0.2) + 0.1 * math.log(0.1))
     assert kl_divergence(forced, s_f).item() == pytest.approx(soft_f - entropy, abs=1e-6)
     assert soft_cross_entropy(forced, s_f).item() == pytest.approx(soft_f, rel=1e-6)
+
+
+def test_each_term_of_a_loss_is_backpropagated_before_the_next_is_computed():
+    from e2urec.unlearn.loop import backward_in_parts
+
+    w = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    grad_when_second_term_ran = []
+
+    def terms():
+        yield (w**2).sum()
+        # the first batch's graph is gone by now: only one batch's activations at a time
+        grad_when_second_term_ran.append(w.grad.clone())
+        yield 3 * w.sum()
+
+    loss = backward_in_parts(terms(), torch.device("cpu"), bf16=False)
+    assert loss == pytest.approx(5.0 + 9.0)
+    assert grad_when_second_term_ran[0].tolist() == [2.0, 4.0]
+    assert w.grad.tolist() == [5.0, 7.0]  # the gradient of the sum, as one backward gives
 
 
 @pytest.fixture(scope="module")
@@ -178,6 +197,39 @@ def test_cached_teachers_give_the_same_update_as_running_them(trained, distill):
         runs[cache] = predict_like(result.backbone, [small.catalog.prompt(s) for s in small.forget])
     # fp16 storage of the cached retain teacher is the only difference
     np.testing.assert_allclose(runs[True], runs[False], atol=2e-3)
+
+
+@pytest.mark.slow
+def test_recomputing_activations_gives_the_same_unlearning(trained):
+    """Activation checkpointing trades memory for a forward; the augmented model and the student
+    it produces must be the ones a plain run produces."""
+    original, task = trained
+    small = UnlearnTask(task.catalog, task.retain[:200], task.forget[:64], task.valid[:100])
+    stop = StopRule(max_epochs=2, max_valid_auc_drop=1.0, eval_samples=50)
+    runs = {}
+    for recompute in (False, True):
+        cfg = E2URecConfig(
+            activation_checkpointing=recompute,
+            aug_epochs=1,
+            stop=stop,
+            forget_only_epochs=1,
+            min_steps_per_epoch=0,
+        )
+        result = e2urec_unlearn(original, small, cfg, progress=False)
+        runs[recompute] = (
+            result.details["augment"]["forget_losses"],
+            predict_like(result.backbone, [small.catalog.prompt(s) for s in small.forget]),
+        )
+        # checkpointing is off again once training is done: it only applies while it runs
+        assert not result.backbone.model.is_activation_checkpointing
+    np.testing.assert_allclose(runs[True][0], runs[False][0], rtol=1e-4)
+    np.testing.assert_allclose(runs[True][1], runs[False][1], atol=1e-4)
+    # and it did move the student: the comparison is not between two untouched models
+    assert not np.allclose(
+        runs[True][1],
+        predict_like(original, [small.catalog.prompt(s) for s in small.forget]),
+        atol=1e-3,
+    )
 
 
 @pytest.mark.slow
@@ -310,7 +362,7 @@ def _loop(checks, reference=None, autocast_seen: list[bool] | None = None, **con
         steps.append(ridx is not None)  # True: a mixed step
         if autocast_seen is not None:
             autocast_seen.append(torch.is_autocast_enabled("cpu"))
-        return -model.weight.sum()  # every step moves the weight up by about lr
+        yield -model.weight.sum()  # every step moves the weight up by about lr
 
     cfg = LoopConfig(lr=0.1, batch_size=4, stop=monitor.rule, **config)
     history: list[dict] = []

@@ -194,6 +194,7 @@ def run_unlearning(settings: Settings, job_id: int, owner: str, attempt: int, le
         # The precision the base was trained in (bfloat16 for a pretrained LLM where the
         # hardware has it: 1.6x a step on such a CPU).
         bf16=base_config.bf16 if base_config else False,
+        activation_checkpointing=settings.unlearn_activation_checkpointing,
         # The augmented model and the retain CE follow how the base was trained.
         **fitted_like(base_config),
         seed=job_id,

@@ -164,6 +164,13 @@ def train(
             "--bf16/--fp32", help="bfloat16 autocast for training steps (1.6x on this CPU)"
         ),
     ] = None,
+    activation_checkpointing: Annotated[
+        bool,
+        typer.Option(
+            help="recompute activations in the backward pass: a fraction of the memory for one "
+            "more forward a step"
+        ),
+    ] = False,
     valid_samples: Annotated[
         int | None, typer.Option(help="validation samples scored at each evaluation (0 = all)")
     ] = None,
@@ -228,6 +235,7 @@ def train(
         lora_alpha=2 * lora_r,
         lora_targets=lora_targets,
         bf16=bf16,
+        activation_checkpointing=activation_checkpointing,
         valid_samples=valid_samples,
         objective=objective,
         negatives=negatives,

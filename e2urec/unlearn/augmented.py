@@ -83,6 +83,7 @@ def train_augmented(
             lora_targets=cfg.aug_lora_targets,
             lora_dropout=0.0,
             bf16=cfg.bf16,
+            activation_checkpointing=cfg.activation_checkpointing,
             objective=cfg.objective,  # what the base was fitted on (see E2URecConfig.objective)
             seed=cfg.seed,
         ),

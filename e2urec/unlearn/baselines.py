@@ -16,7 +16,7 @@ from e2urec.encoding import answer_logits, collate, encode_prompts, target_loss
 from e2urec.training import TrainConfig, train_llmrec
 from e2urec.unlearn.base import PeakMemory, UnlearnResult, UnlearnTask
 from e2urec.unlearn.fresh import fresh_base, fresh_model
-from e2urec.unlearn.loop import LoopConfig, unlearning_loop
+from e2urec.unlearn.loop import LoopConfig, StepFn, unlearning_loop
 from e2urec.unlearn.stopping import Monitor, StopRule
 from e2urec.unlearn.teachers import (
     LazyTeacher,
@@ -78,7 +78,7 @@ def _finetune(
     original: Backbone,
     task: UnlearnTask,
     cfg: FinetuneConfig,
-    make_step: Callable[[_Ctx], Callable[[list[int], list[int] | None], torch.Tensor]],
+    make_step: Callable[[_Ctx], StepFn],
     progress: bool,
 ) -> UnlearnResult:
     torch.manual_seed(cfg.seed)
@@ -130,9 +130,8 @@ def neggrad(
 
     def make_step(ctx: _Ctx):
         def step(idx, ridx):
-            ce_f, _ = target_loss(ctx.student, ctx.forget_batch(idx))
-            ce_r, _ = target_loss(ctx.student, ctx.retain_batch(ridx))
-            return ce_r - ce_f
+            yield -target_loss(ctx.student, ctx.forget_batch(idx))[0]
+            yield target_loss(ctx.student, ctx.retain_batch(ridx))[0]
 
         return step
 
@@ -154,8 +153,8 @@ def negkl(
 
         def step(idx, ridx):
             student_f = answer_logits(ctx.student, ctx.forget_batch(idx, labeled=False))
-            ce_r, _ = target_loss(ctx.student, ctx.retain_batch(ridx))
-            return ce_r - kl_divergence(orig_f[idx].to(ctx.device), student_f)
+            yield -kl_divergence(orig_f[idx].to(ctx.device), student_f)
+            yield target_loss(ctx.student, ctx.retain_batch(ridx))[0]
 
         return step
 
@@ -187,10 +186,9 @@ def bad_teacher(
 
         def step(idx, ridx):
             student_f = answer_logits(ctx.student, ctx.forget_batch(idx, labeled=False))
+            yield soft_cross_entropy(bad_f[idx].to(ctx.device), student_f)
             student_r = answer_logits(ctx.student, ctx.retain_batch(ridx, labeled=False))
-            return soft_cross_entropy(competent.get(ridx).to(ctx.device), student_r) + (
-                soft_cross_entropy(bad_f[idx].to(ctx.device), student_f)
-            )
+            yield soft_cross_entropy(competent.get(ridx).to(ctx.device), student_r)
 
         return step
 

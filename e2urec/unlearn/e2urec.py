@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -36,6 +36,7 @@ from e2urec.adapter_files import AdapterFiles, write_adapter
 from e2urec.backbones import Backbone
 from e2urec.encoding import answer_logits, answer_loss, collate, encode_prompts, target_loss
 from e2urec.lora import load_lora_state, lora_config, trainable_copy, with_adapter
+from e2urec.training import recomputed_activations
 from e2urec.unlearn.augmented import answer_log_loss, calibrated_alpha, train_augmented
 from e2urec.unlearn.base import PeakMemory, UnlearnResult, UnlearnTask
 from e2urec.unlearn.e2urec_config import E2URecConfig
@@ -49,7 +50,14 @@ from e2urec.unlearn.teachers import (
     vocab_size,
 )
 
-__all__ = ["E2URecConfig", "e2urec_loss", "e2urec_unlearn", "student_model", "with_adapter"]
+__all__ = [
+    "E2URecConfig",
+    "e2urec_unlearn",
+    "forget_term",
+    "remember_term",
+    "student_model",
+    "with_adapter",
+]
 
 # (stage, step, total steps, loss or None) -> None
 StageProgress = Callable[[str, int, int, float | None], None]
@@ -85,22 +93,26 @@ def answer_only(logits: torch.Tensor, fmt) -> torch.Tensor:
     return masked
 
 
-def e2urec_loss(
-    w: float,
-    forced_logp: torch.Tensor,
-    student_forget_logits: torch.Tensor,
-    ce_retain: torch.Tensor | None = None,
-    orig_logp: torch.Tensor | None = None,
-    student_retain_logits: torch.Tensor | None = None,
+def forget_term(
+    w: float, forced_logp: torch.Tensor, student_forget_logits: torch.Tensor, mixed: bool
 ) -> torch.Tensor:
-    """``w * (CE_retain + KL(orig || student)_retain) + (1 - w) * KL(forced || student)_forget``;
-    the forgetting term alone when no retain batch is given (the forget-only epochs). KL terms
-    are soft cross-entropies, as in the paper's code (they differ by a constant)."""
+    """The loss's forgetting part, ``(1 - w) * KL(forced || student)_forget``; unweighted in the
+    forget-only epochs, where it is the whole loss. KL terms are soft cross-entropies, as in the
+    paper's code (they differ by a constant)."""
     forget = soft_cross_entropy(forced_logp, student_forget_logits)
-    if ce_retain is None:
-        return forget
-    remember = ce_retain + soft_cross_entropy(orig_logp, student_retain_logits)
-    return w * remember + (1 - w) * forget
+    return (1 - w) * forget if mixed else forget
+
+
+def remember_term(
+    w: float,
+    ce_retain: torch.Tensor,
+    orig_logp: torch.Tensor,
+    student_retain_logits: torch.Tensor,
+) -> torch.Tensor:
+    """The loss's remembering part, ``w * (CE_retain + KL(orig || student)_retain)``. With
+    :func:`forget_term` it sums to the paper's loss; the two are backpropagated one at a time
+    (``backward_in_parts``), so only one batch's activations are held."""
+    return w * (ce_retain + soft_cross_entropy(orig_logp, student_retain_logits))
 
 
 def e2urec_unlearn(
@@ -208,7 +220,7 @@ def e2urec_unlearn(
             len(task.retain), vocab_size(original), original_logits, student, cfg.cache_teachers
         )
 
-        def step(idx: list[int], ridx: list[int] | None) -> torch.Tensor:
+        def step(idx: list[int], ridx: list[int] | None) -> Iterator[torch.Tensor]:
             fb = collate(fmt, [forget_enc[i] for i in idx]).to(device)
             student_f = narrow(answer_logits(student, fb))
             if cfg.cache_teachers:
@@ -219,8 +231,9 @@ def e2urec_unlearn(
                 with torch.no_grad():
                     aug_logits = narrow(answer_logits(aug.model, fb)).float()
                 teacher_f = torch.log_softmax(forced_logits(orig_logits, aug_logits, alpha), -1)
+            yield forget_term(cfg.remember_weight, teacher_f, student_f, ridx is not None)
             if ridx is None:
-                return e2urec_loss(cfg.remember_weight, teacher_f, student_f)
+                return
             labels = [retain_labels[i] for i in ridx]
             if cfg.distill == "answer" or cfg.objective == "answer":
                 rb = collate(fmt, [retain_enc[i] for i in ridx]).to(device)
@@ -230,28 +243,27 @@ def e2urec_unlearn(
                 rb = collate(fmt, [retain_enc[i] for i in ridx], labels)
                 ce_r, student_r = target_loss(student, rb.to(device))
             teacher_r = retain_teacher.get(ridx).to(device)
-            return e2urec_loss(
-                cfg.remember_weight, teacher_f, student_f, ce_r, teacher_r, student_r
-            )
+            yield remember_term(cfg.remember_weight, ce_r, teacher_r, student_r)
 
-        stopped = unlearning_loop(
-            view=view,
-            trainable=trainable,
-            keep=lambda k: "lora_" in k,
-            forget_lengths=[len(e) for e in forget_enc],
-            n_retain=len(task.retain),
-            step=step,
-            monitor=monitor,
-            reference_auc=reference.valid_auc,
-            cfg=cfg.loop(len(task.forget)),
-            history=history,
-            name="e2urec",
-            reference=reference,
-            progress=progress,
-            on_step=lambda epoch, i, n, loss: report(
-                "unlearn", (epoch - 1) * n + i, cfg.stop.max_epochs * n, loss
-            ),
-        )
+        with recomputed_activations(student, cfg.activation_checkpointing):
+            stopped = unlearning_loop(
+                view=view,
+                trainable=trainable,
+                keep=lambda k: "lora_" in k,
+                forget_lengths=[len(e) for e in forget_enc],
+                n_retain=len(task.retain),
+                step=step,
+                monitor=monitor,
+                reference_auc=reference.valid_auc,
+                cfg=cfg.loop(len(task.forget)),
+                history=history,
+                name="e2urec",
+                reference=reference,
+                progress=progress,
+                on_step=lambda epoch, i, n, loss: report(
+                    "unlearn", (epoch - 1) * n + i, cfg.stop.max_epochs * n, loss
+                ),
+            )
         student.eval()
         stages["checks"] = monitor.seconds - checks_before
         stages["unlearn"] = time.perf_counter() - mark - stages["checks"]

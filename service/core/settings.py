@@ -147,6 +147,11 @@ class Settings(BaseSettings):
     unlearn_checks_per_epoch: int = Field(
         2, ge=1, description="E2URec stop-rule checks per epoch (each scores the held-out samples)"
     )
+    unlearn_activation_checkpointing: bool = Field(
+        False,
+        description="Recompute activations in E2URec's backward passes: a fraction of the "
+        "memory for one more forward a step (for a pretrained LLM where memory is short)",
+    )
     audit_fraction: float = Field(
         0.1,
         ge=0,
