@@ -98,7 +98,8 @@ class E2URecConfig:
     activation_checkpointing: bool = False
     """Recompute activations in the backward pass of the augmented model's and the student's
     steps instead of holding them: a SmolLM2 student step (16 + 16 prompts, float32) peaked at
-    4.5 GB instead of 10.0 GB, for one more forward (bench/results/step-memory-cpu)."""
+    6.1 GB instead of 12.8 GB, for one more forward, about +15-35% a step
+    (bench/results/step-memory-cpu)."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.remember_weight <= 1.0:

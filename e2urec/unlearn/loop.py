@@ -76,9 +76,9 @@ def backward_in_parts(terms: Iterator[torch.Tensor], device: torch.device, bf16:
     """Backpropagate each term of a loss before the next is computed; returns the loss.
 
     A mixed step's loss is a sum over a forget and a retain batch. Computed whole, both batches'
-    activations are held until one backward: on SmolLM2 (16 + 16 prompts of ~265 tokens,
-    float32) the step peaked at 15.4 GB against 10.0 GB in parts, for the same gradients and the
-    same time (bench/results/step-memory-cpu). Each forward is autocast; each backward is not.
+    activations are held until one backward: on SmolLM2 (16 + 16 ML-1M prompts, float32) the
+    step peaked at 20.4 GB against 12.8 GB in parts, for the same gradient and no more time
+    (bench/results/step-memory-cpu). Each forward is autocast; each backward is not.
     """
     total = 0.0
     while True:
