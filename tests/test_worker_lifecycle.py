@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from e2urec.adapter_files import read_adapter
 from e2urec.data import Catalog
 from service.api.main import create_app
 from service.core.db.models import (
@@ -109,10 +110,13 @@ def test_consolidation_retrains_the_base_without_forgotten_users(service_base, t
     shutil.copytree(service_base.base, base_copy)
     own_base = dataclasses.replace(service_base, base=base_copy)
     fast = {"unlearn_min_steps": 4, "unlearn_max_epochs": 2, "gate_mia_band": 1.0}
-    with fresh_world(own_base, tmp_path, **fast) as settings:
+    # the first job also runs with the worker's memory switch on, as an operator would set it
+    with fresh_world(own_base, tmp_path, unlearn_activation_checkpointing=True, **fast) as settings:
         _batch(settings, 5, 17)
         run_next(settings, "w")
         adapter = _row(settings, AdapterVersion, 1)
+        config = read_adapter(adapter.path).metadata["config"]
+        assert config["activation_checkpointing"] is True
         with session_scope(settings.db_url) as s:  # waiting when the consolidation starts
             request_forget(s, "33", salt=settings.salt(), actor="test")
         with session_scope(settings.db_url) as s:
