@@ -103,6 +103,16 @@ def test_only_the_api_keeps_tensors_on_the_heap(config):
         assert s[name]["environment"]["E2UREC_REDIS_URL"] == "redis://redis:6379/0", name
 
 
+def test_the_unlearning_worker_has_its_own_memory_limit_and_switch(config):
+    # An OOM stays in the worker's container (the job is re-sent, then fails closed), and the
+    # operator's memory switch reaches the worker alone.
+    s = config["services"]
+    assert s["worker"]["mem_limit"] in ("16g", 16 * 2**30)
+    assert s["worker"]["environment"]["E2UREC_UNLEARN_ACTIVATION_CHECKPOINTING"] == "false"
+    assert "mem_limit" not in s["api"]
+    assert s["worker"]["environment"]["E2UREC_BACKBONE"] == "tiny"  # the shared ones are kept
+
+
 def test_missing_secrets_stop_the_stack_with_a_message(tmp_path):
     empty = tmp_path / "empty.env"
     empty.write_text("")
