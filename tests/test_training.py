@@ -277,3 +277,32 @@ def test_bf16_is_only_used_where_the_hardware_has_it(monkeypatch):
         assert torch.is_autocast_enabled("cpu")
     with training.autocast(cpu, False):
         assert not torch.is_autocast_enabled("cpu")
+
+
+def test_activation_checkpointing_is_refused_for_a_model_that_cannot_and_undone_after_training():
+    from e2urec.training import recomputed_activations
+
+    refused = "does not support activation checkpointing: turn it off"
+    with (
+        pytest.raises(ValueError, match=refused),
+        recomputed_activations(torch.nn.Linear(2, 2), enabled=True),
+    ):
+        pass
+    with recomputed_activations(torch.nn.Linear(2, 2), enabled=False):  # off: nothing asked
+        pass
+    ds = generate_synthetic(SyntheticConfig(users=10, items=20, ratings_per_user=6, seed=1))
+    catalog = Catalog.of(ds)
+    backbone = load_backbone("tiny", corpus=catalog.texts(), device="cpu")
+    samples = make_splits(ds, SampleConfig(max_samples=None, seed=0)).train[:16]
+    seen = []
+    train_llmrec(
+        backbone,
+        catalog,
+        samples,
+        [],
+        TrainConfig(epochs=1, batch_size=8, activation_checkpointing=True),
+        progress=False,
+        on_step=lambda *_: seen.append(backbone.model.is_activation_checkpointing),
+    )
+    assert seen == [True, True]  # on while it trained
+    assert not backbone.model.is_activation_checkpointing  # and off for what serves it next
