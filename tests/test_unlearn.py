@@ -176,25 +176,31 @@ def test_answer_only_distillation_keeps_p_yes_and_leaves_the_rest_of_the_vocabul
     assert not torch.allclose(yes_probability(calm, fmt), yes_probability(everything, fmt))
 
 
+def _short_e2urec(trained, forget: int, **settings):
+    """A two-epoch E2URec run (one forget-only) on a slice of the task, checks on 50 samples;
+    returns the result and the forget set's P(like) under it."""
+    original, task = trained
+    small = UnlearnTask(task.catalog, task.retain[:200], task.forget[:forget], task.valid[:100])
+    cfg = E2URecConfig(
+        aug_epochs=1,
+        stop=StopRule(max_epochs=2, max_valid_auc_drop=1.0, eval_samples=50),
+        forget_only_epochs=1,
+        min_steps_per_epoch=0,
+        **settings,
+    )
+    result = e2urec_unlearn(original, small, cfg, progress=False)
+    return result, predict_like(result.backbone, [small.catalog.prompt(s) for s in small.forget])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("distill", ["vocab", "answer"])
 def test_cached_teachers_give_the_same_update_as_running_them(trained, distill):
-    original, task = trained
-    small = UnlearnTask(task.catalog, task.retain[:200], task.forget[:96], task.valid[:100])
-    stop = StopRule(max_epochs=2, max_valid_auc_drop=1.0, eval_samples=50)
-    runs = {}
-    for cache in (True, False):
-        cfg = E2URecConfig(
-            cache_teachers=cache,
-            lora_dropout=0.0,
-            aug_epochs=1,
-            stop=stop,
-            forget_only_epochs=1,
-            min_steps_per_epoch=0,
-            distill=distill,
-        )
-        result = e2urec_unlearn(original, small, cfg, progress=False)
-        runs[cache] = predict_like(result.backbone, [small.catalog.prompt(s) for s in small.forget])
+    runs = {
+        cache: _short_e2urec(trained, 96, cache_teachers=cache, lora_dropout=0.0, distill=distill)[
+            1
+        ]
+        for cache in (True, False)
+    }
     # fp16 storage of the cached retain teacher is the only difference
     np.testing.assert_allclose(runs[True], runs[False], atol=2e-3)
 
@@ -204,32 +210,17 @@ def test_recomputing_activations_gives_the_same_unlearning(trained):
     """Activation checkpointing trades memory for a forward; the augmented model and the student
     it produces must be the ones a plain run produces."""
     original, task = trained
-    small = UnlearnTask(task.catalog, task.retain[:200], task.forget[:64], task.valid[:100])
-    stop = StopRule(max_epochs=2, max_valid_auc_drop=1.0, eval_samples=50)
     runs = {}
     for recompute in (False, True):
-        cfg = E2URecConfig(
-            activation_checkpointing=recompute,
-            aug_epochs=1,
-            stop=stop,
-            forget_only_epochs=1,
-            min_steps_per_epoch=0,
-        )
-        result = e2urec_unlearn(original, small, cfg, progress=False)
-        runs[recompute] = (
-            result.details["augment"]["forget_losses"],
-            predict_like(result.backbone, [small.catalog.prompt(s) for s in small.forget]),
-        )
+        result, scores = _short_e2urec(trained, 64, activation_checkpointing=recompute)
+        runs[recompute] = (result.details["augment"]["forget_losses"], scores)
         # checkpointing is off again once training is done: it only applies while it runs
         assert not result.backbone.model.is_activation_checkpointing
     np.testing.assert_allclose(runs[True][0], runs[False][0], rtol=1e-4)
     np.testing.assert_allclose(runs[True][1], runs[False][1], atol=1e-4)
     # and it did move the student: the comparison is not between two untouched models
-    assert not np.allclose(
-        runs[True][1],
-        predict_like(original, [small.catalog.prompt(s) for s in small.forget]),
-        atol=1e-3,
-    )
+    untouched = predict_like(original, [task.catalog.prompt(s) for s in task.forget[:64]])
+    assert not np.allclose(runs[True][1], untouched, atol=1e-3)
 
 
 @pytest.mark.slow
