@@ -4,6 +4,7 @@ weights fit a model before they are used (training, E2URec and the serving engin
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import TYPE_CHECKING, Literal
 
 from peft import LoraConfig, set_peft_model_state_dict
@@ -15,6 +16,14 @@ if TYPE_CHECKING:
     from e2urec.adapter_files import AdapterFiles
 
 Targets = Literal["qv", "all-linear"]
+
+# peft 0.21 asks every model it wraps for transformers 5's deprecated `is_gradient_checkpointing`
+# (the new name is `is_activation_checkpointing`), so each process's first LoRA wrap printed a
+# FutureWarning that no caller can act on. Only that message is silenced; drop this when peft
+# reads the new name.
+warnings.filterwarnings(
+    "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+)
 
 # Names of the query/value projections across architectures, most specific first.
 _QV_NAMES = [("q_proj", "v_proj"), ("q", "v"), ("query", "value")]

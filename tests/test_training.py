@@ -306,3 +306,21 @@ def test_activation_checkpointing_is_refused_for_a_model_that_cannot_and_undone_
     )
     assert seen == [True, True]  # on while it trained
     assert not backbone.model.is_activation_checkpointing  # and off for what serves it next
+
+
+def test_wrapping_a_model_in_lora_prints_no_warning_the_user_cannot_act_on():
+    """peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` on every wrap; a real
+    process (not pytest, which resets warning filters around collection) must not show it."""
+    script = (
+        "from peft import get_peft_model\n"
+        "from e2urec.backbones import load_backbone\n"
+        "from e2urec.lora import lora_config\n"
+        "b = load_backbone('tiny', corpus=['a film about a dog', 'yes no'], device='cpu')\n"
+        "get_peft_model(b.model, lora_config(b.model, r=4, alpha=8, dropout=0.0))\n"
+        "print('wrapped')\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0 and "wrapped" in run.stdout, run.stderr
+    assert "is_gradient_checkpointing" not in run.stderr
