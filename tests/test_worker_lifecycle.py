@@ -110,13 +110,19 @@ def test_consolidation_retrains_the_base_without_forgotten_users(service_base, t
     shutil.copytree(service_base.base, base_copy)
     own_base = dataclasses.replace(service_base, base=base_copy)
     fast = {"unlearn_min_steps": 4, "unlearn_max_epochs": 2, "gate_mia_band": 1.0}
-    # the first job also runs with the worker's memory switch on, as an operator would set it
-    with fresh_world(own_base, tmp_path, unlearn_activation_checkpointing=True, **fast) as settings:
+    # the first job also runs with the worker's memory switch on and an all-linear student, as
+    # an operator would set them for a real LLM
+    operator = {"unlearn_activation_checkpointing": True, "unlearn_student_modules": "all-linear"}
+    with fresh_world(own_base, tmp_path, **operator, **fast) as settings:
         _batch(settings, 5, 17)
         run_next(settings, "w")
         adapter = _row(settings, AdapterVersion, 1)
-        config = read_adapter(adapter.path).metadata["config"]
+        files = read_adapter(adapter.path)
+        config = files.metadata["config"]
         assert config["activation_checkpointing"] is True
+        assert config["target_modules"] == "all-linear"
+        adapted = {k.split(".lora_")[0].rsplit(".", 1)[-1] for k in files.state_dict}
+        assert {"q_proj", "v_proj", "o_proj", "down_proj"} <= adapted  # not only q/v
         with session_scope(settings.db_url) as s:  # waiting when the consolidation starts
             request_forget(s, "33", salt=settings.salt(), actor="test")
         with session_scope(settings.db_url) as s:

@@ -195,6 +195,8 @@ def run_unlearning(settings: Settings, job_id: int, owner: str, attempt: int, le
         # hardware has it: 1.6x a step on such a CPU).
         bf16=base_config.bf16 if base_config else False,
         activation_checkpointing=settings.unlearn_activation_checkpointing,
+        # Used when the student starts fresh; a warm start continues the active adapter's layers.
+        target_modules=settings.unlearn_student_modules,
         # The augmented model and the retain CE follow how the base was trained.
         **fitted_like(base_config),
         seed=job_id,

@@ -152,6 +152,12 @@ class Settings(BaseSettings):
         description="Recompute activations in E2URec's backward passes: a fraction of the "
         "memory for one more forward a step (for a pretrained LLM where memory is short)",
     )
+    unlearn_student_modules: Literal["qv", "all-linear"] = Field(
+        "qv",
+        description="Layers the E2URec student's LoRA adapts: qv (the paper's) or all-linear "
+        "(forgot more selectively on SmolLM2, for about 1.5x the step memory); a job that "
+        "warm-starts from the serving adapter keeps that adapter's layers",
+    )
     audit_fraction: float = Field(
         0.1,
         ge=0,
