@@ -121,6 +121,7 @@ def test_consolidation_retrains_the_base_without_forgotten_users(service_base, t
         config = files.metadata["config"]
         assert config["activation_checkpointing"] is True
         assert config["target_modules"] == "all-linear"
+        assert config["lora_dropout"] == 0.0  # as the measured all-linear row (2x a step else)
         adapted = {k.split(".lora_")[0].rsplit(".", 1)[-1] for k in files.state_dict}
         assert {"q_proj", "v_proj", "o_proj", "down_proj"} <= adapted  # not only q/v
         with session_scope(settings.db_url) as s:  # waiting when the consolidation starts

@@ -17,7 +17,14 @@ from e2urec.backbones import Backbone
 from e2urec.lora import with_adapter
 from e2urec.model_store import load_model
 from e2urec.training import TrainConfig
-from e2urec.unlearn import E2URecConfig, StopRule, as_trained, e2urec_unlearn, fitted_like
+from e2urec.unlearn import (
+    E2URecConfig,
+    StopRule,
+    as_trained,
+    e2urec_unlearn,
+    fitted_like,
+    student_on,
+)
 from service.core.db.models import AdapterVersion, JobKind, RequestStatus, UnlearningJob, User
 from service.core.db.session import session_scope
 from service.core.settings import Settings
@@ -196,7 +203,7 @@ def run_unlearning(settings: Settings, job_id: int, owner: str, attempt: int, le
         bf16=base_config.bf16 if base_config else False,
         activation_checkpointing=settings.unlearn_activation_checkpointing,
         # Used when the student starts fresh; a warm start continues the active adapter's layers.
-        target_modules=settings.unlearn_student_modules,
+        **student_on(settings.unlearn_student_modules),
         # The augmented model and the retain CE follow how the base was trained.
         **fitted_like(base_config),
         seed=job_id,

@@ -18,7 +18,7 @@ from e2urec.training import TrainConfig
 from e2urec.unlearn.base import UnlearnResult, UnlearnTask
 from e2urec.unlearn.baselines import FinetuneConfig, bad_teacher, neggrad, negkl, retrain
 from e2urec.unlearn.e2urec import e2urec_unlearn
-from e2urec.unlearn.e2urec_config import E2URecConfig, as_trained, fitted_like
+from e2urec.unlearn.e2urec_config import E2URecConfig, as_trained, fitted_like, student_on
 from e2urec.unlearn.shards import sharded_unlearn
 from e2urec.unlearn.stopping import StopRule
 
@@ -170,7 +170,7 @@ _ALL = [
     Method(
         "e2urec (all-linear)",
         "ablation: the student's LoRA on every linear layer, as a pretrained LLM is fine-tuned",
-        _e2urec(target_modules="all-linear", lora_dropout=0.0),  # dropout: 2x a step (recipe)
+        _e2urec(**student_on("all-linear")),
     ),
     Method(
         "e2urec (w 0.3)",
