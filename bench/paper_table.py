@@ -38,6 +38,7 @@ from e2urec.backbones import Backbone, load_backbone
 from e2urec.data import Catalog, Sample, SampleConfig, Splits, load_dataset, make_splits
 from e2urec.evaluate import evaluate
 from e2urec.metrics import distribution_distance
+from e2urec.model_store import load_model, read_manifest, save_model
 from e2urec.training import SCRATCH_PRESETS, TrainConfig, recipe_for, train_llmrec
 from e2urec.unlearn import METHODS, E2URecConfig, RunOptions, StopRule, UnlearnTask
 
@@ -115,12 +116,109 @@ def train_original(
     return original, time.perf_counter() - started
 
 
-def run_seed(args: dict, seed: int, progress: bool, partial: Path | None = None) -> dict[str, dict]:
+# Settings that only the unlearning rows and the evaluation read: a kept Original or Retrain
+# (--keep-models) serves any run that differs from its own in these alone.
+_NOT_TRAINING = ("check_samples", "unlearn_epochs", "max_auc_drop", "eval_samples", "methods")
+
+
+def trained_with(args: dict, seed: int) -> dict[str, str]:
+    """What a seed's Original and Retrain depend on: the data, the split and the training."""
+    kept = {k: str(v) for k, v in args.items() if k not in (*_NOT_TRAINING, "e2urec_settings")}
+    return kept | {"seed": str(seed)}
+
+
+def kept_model(models: Path | None, seed: int, name: str) -> Path | None:
+    path = None if models is None else models / f"seed-{seed}" / name
+    return path if path is not None and path.is_dir() else None
+
+
+def check_kept_models(models: Path | None, seeds: list[int], args: dict) -> None:
+    """Before anything trains: a kept model made under other settings is refused, not reused."""
+    for seed in seeds:
+        for name in ("original", "retrain"):
+            path = kept_model(models, seed, name)
+            if path is None:
+                continue
+            made = read_manifest(path).get("bench_trained_with")
+            if made != trained_with(args, seed):
+                raise typer.BadParameter(
+                    f"{path} was trained with other settings ({made}); give this run's own "
+                    "data and training options, or another folder",
+                    param_hint="--keep-models",
+                )
+
+
+def original_and_retrain(
+    world: World, args: dict, seed: int, progress: bool, models: Path | None
+) -> tuple[Backbone, dict, Backbone, dict]:
+    """The seed's Original and Retrain with their facts (seconds, parameter counts, why the
+    training stopped): loaded where ``models`` kept them, else trained (and kept there). On
+    SmolLM2 the two take 35-45 of a seed's 60 minutes; kept, a new E2URec variant costs only
+    its own."""
+    facts: dict[str, dict] = {}
+    loaded: dict[str, Backbone] = {}
+    for name in ("original", "retrain"):
+        path = kept_model(models, seed, name)
+        if path is not None:
+            loaded[name], manifest = load_model(path)
+            facts[name] = manifest["bench_facts"]
+            print(f"[seed {seed}] {name}: kept at {path}, not trained again", flush=True)
+    if "original" not in loaded:
+        original, seconds = train_original(world, args["backbone"], seed, progress)
+        n = original.parameter_count()
+        loaded["original"] = original
+        facts["original"] = {
+            "seconds": seconds,
+            "trainable_parameters": n,
+            "total_parameters": n,
+            "stopped": "trained",
+        }
+        _keep(models, seed, "original", original, facts["original"], args)
+    if "retrain" not in loaded:
+        gold = METHODS["retrain"](
+            loaded["original"],
+            world.task,
+            RunOptions(
+                seed=seed,
+                progress=progress,
+                base_spec=args["backbone"],
+                train_config=world.train_cfg,
+                valid=world.valid,
+                bf16=world.train_cfg.bf16,
+            ),
+        )
+        loaded["retrain"] = gold.backbone
+        facts["retrain"] = {
+            "seconds": gold.seconds,
+            "trainable_parameters": gold.trainable_parameters,
+            "total_parameters": gold.total_parameters,
+            "stopped": gold.stopped,
+        }
+        _keep(models, seed, "retrain", gold.backbone, facts["retrain"], args)
+    return loaded["original"], facts["original"], loaded["retrain"], facts["retrain"]
+
+
+def _keep(
+    models: Path | None, seed: int, name: str, backbone: Backbone, facts: dict, args: dict
+) -> None:
+    if models is not None:
+        manifest = {"bench_trained_with": trained_with(args, seed), "bench_facts": facts}
+        save_model(backbone, models / f"seed-{seed}" / name, manifest)
+
+
+def run_seed(
+    args: dict,
+    seed: int,
+    progress: bool,
+    partial: Path | None = None,
+    models: Path | None = None,
+) -> dict[str, dict]:
     """One seed's rows. ``partial``: rewritten after each row, so a run stopped midway (a slow
-    backbone) still leaves what it measured."""
+    backbone) still leaves what it measured. ``models``: where the Original and Retrain are
+    kept between runs."""
     world = prepare(args, seed)
     splits, catalog, task, train_cfg = world.splits, world.catalog, world.task, world.train_cfg
-    original, original_seconds = train_original(world, args["backbone"], seed, progress)
+    original, made, retrained, remade = original_and_retrain(world, args, seed, progress, models)
 
     rows: dict[str, dict] = {}
 
@@ -128,8 +226,8 @@ def run_seed(args: dict, seed: int, progress: bool, partial: Path | None = None)
         name: str,
         backbone,
         seconds: float,
-        trainable: int,
-        total: int,
+        trainable_parameters: int,
+        total_parameters: int,
         stopped: str,
         reference=None,
     ):
@@ -139,8 +237,8 @@ def run_seed(args: dict, seed: int, progress: bool, partial: Path | None = None)
         rows[name] = {
             **metrics,
             "seconds": seconds,
-            "trainable_parameters": trainable,
-            "total_parameters": total,
+            "trainable_parameters": trainable_parameters,
+            "total_parameters": total_parameters,
             "stopped": stopped,
         }
         print(
@@ -153,31 +251,11 @@ def run_seed(args: dict, seed: int, progress: bool, partial: Path | None = None)
             partial.write_text(json.dumps({"seed": seed, "rows": rows}, indent=2, default=str))
         return forget_lp
 
-    n = original.parameter_count()
-    base = record("original", original, original_seconds, n, n, "trained")
-    gold = METHODS["retrain"](
-        original,
-        task,
-        RunOptions(
-            seed=seed,
-            progress=progress,
-            base_spec=args["backbone"],
-            train_config=train_cfg,
-            valid=world.valid,
-            bf16=train_cfg.bf16,
-        ),
-    )
-    reference = record(
-        "retrain",
-        gold.backbone,
-        gold.seconds,
-        gold.trainable_parameters,
-        gold.total_parameters,
-        gold.stopped,
-    )
+    base = record("original", original, **made)
+    reference = record("retrain", retrained, **remade)
     rows["original"].update(distribution_distance(base, reference))
     rows["retrain"].update({"jsd": 0.0, "l2": 0.0})
-    del gold
+    del retrained
 
     # The AUC bound is the worker gate's: 0.01 sat inside the noise of a 500-sample check.
     stop = StopRule(
@@ -528,6 +606,14 @@ def main(
             "stopped run left in seed-N.partial.json (give the run's own options)"
         ),
     ] = False,
+    keep_models: Annotated[
+        Path | None,
+        typer.Option(
+            help="keep each seed's Original and Retrain here, and reuse those a run with the "
+            "same data and training options kept: another E2URec variant then trains only "
+            "itself (about 0.5 GB a model on SmolLM2)"
+        ),
+    ] = None,
 ):
     seeds = seeds or [0, 1, 2]
     if regime not in ("paper", "memorising"):
@@ -575,6 +661,7 @@ def main(
     }
     if e2urec_settings:  # recorded only when given: earlier results files stay resumable
         args["e2urec_settings"] = e2urec_settings
+    check_kept_models(keep_models, seeds, args)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[int, dict[str, dict]] = {}
     command = command_line(skip=("--resume", "--finish"))
@@ -597,7 +684,7 @@ def main(
             continue
         started = time.perf_counter()
         partial = out / f"seed-{seed}.partial.json"
-        results[seed] = run_seed(args, seed, progress, partial=partial)
+        results[seed] = run_seed(args, seed, progress, partial=partial, models=keep_models)
         partial.unlink()
         print(f"seed {seed} done in {time.perf_counter() - started:.0f}s", flush=True)
         (out / "results.json").write_text(

@@ -221,3 +221,34 @@ def test_a_stopped_benchmark_run_is_tabulated_from_its_partial_rows(tmp_path: Pa
     assert saved["stopped_after"] == [{"seed": 0, "rows": ["original", "retrain", "e2urec"]}]
     written = (tmp_path / "table.md").read_text()
     assert "| e2urec |" in written and "| original |" in written and "neggrad" not in written
+
+
+def test_a_kept_original_and_retrain_are_reused_and_only_under_their_own_settings(
+    tmp_path: Path,
+):
+    """On SmolLM2 the Original and Retrain are 35-45 of a seed's 60 minutes: --keep-models lets
+    the next E2URec variant skip them, and must give the very rows a fresh training gives."""
+    from bench.paper_table import app as table
+
+    models = tmp_path / "models"
+    run = ["--regime", "memorising", "--samples", "400", "--epochs", "1", "--seeds", "0"]
+    run += ["--eval-samples", "60", "--unlearn-epochs", "2", "--no-progress"]
+    run += ["--keep-models", str(models)]
+    first = CliRunner().invoke(table, [*run, "--methods", "neggrad", "--out", str(tmp_path / "a")])
+    assert first.exit_code == 0, first.output
+    assert (models / "seed-0" / "original").is_dir() and (models / "seed-0" / "retrain").is_dir()
+    # another unlearning method and budget: the same Original and Retrain serve it
+    again = [*run, "--methods", "negkl", "--check-samples", "50", "--out", str(tmp_path / "b")]
+    second = CliRunner().invoke(table, again)
+    assert second.exit_code == 0, second.output
+    assert "original: kept at" in second.output and "retrain: kept at" in second.output
+    rows = [json.loads((tmp_path / d / "results.json").read_text())["results"]["0"] for d in "ab"]
+    assert rows[0]["original"] == rows[1]["original"]
+    assert rows[0]["retrain"] == rows[1]["retrain"]
+    assert "negkl" in rows[1] and "neggrad" not in rows[1]
+    # other data: refused before anything trains, and the kept models are left as they were
+    other = [*run, "--samples", "300", "--methods", "neggrad", "--out", str(tmp_path / "c")]
+    refused = CliRunner().invoke(table, other)
+    said = " ".join(refused.output.replace("│", " ").split())  # rich boxes and wraps it
+    assert refused.exit_code == 2 and "trained with other settings" in said
+    assert not (tmp_path / "c").exists()
