@@ -108,8 +108,8 @@ def test_the_unlearning_worker_has_its_own_memory_limit_and_switch(config):
     # operator's memory switch reaches the worker alone.
     s = config["services"]
     assert s["worker"]["mem_limit"] in ("16g", 16 * 2**30)
-    assert s["worker"]["environment"]["E2UREC_UNLEARN_ACTIVATION_CHECKPOINTING"] == "false"
-    assert s["worker"]["environment"]["E2UREC_UNLEARN_STUDENT_MODULES"] == "qv"
+    assert s["worker"]["environment"]["E2UREC_UNLEARN_ACTIVATION_CHECKPOINTING"] == "auto"
+    assert s["worker"]["environment"]["E2UREC_UNLEARN_STUDENT_MODULES"] == "auto"
     assert "mem_limit" not in s["api"]
     assert s["worker"]["environment"]["E2UREC_BACKBONE"] == "tiny"  # the shared ones are kept
 

@@ -479,7 +479,12 @@ def test_e2urec_fits_its_augmented_model_the_way_its_original_was_trained(monkey
         ("target", "vocab", "full", 1e-3, "qv"),
         ("target", "answer", "full", 5e-4, "all-linear"),  # told the objective, not distill
     ]
-    assert seen[0].lora_r == E2URecConfig().lora_r  # the student is not the base's recipe
+    # the student adapts the layers the base's fine-tuning adapted, without its dropout
+    students = [(c.target_modules, c.lora_dropout) for c in seen]
+    assert students == [("all-linear", 0.0), (None, 0.05), (None, 0.05), ("all-linear", 0.0)]
+    methods.METHODS["e2urec (qv)"](None, None, methods.RunOptions(train_config=recipe))
+    assert (seen[-1].target_modules, seen[-1].lora_dropout) == ("qv", 0.05)  # the ablation
+    assert seen[0].lora_r == E2URecConfig().lora_r  # its rank is E2URec's, not the recipe's
     with pytest.raises(ValueError, match="objective must be"):
         E2URecConfig(objective="yes")
     with pytest.raises(ValueError, match="aug_lora_targets"):

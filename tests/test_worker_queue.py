@@ -393,3 +393,31 @@ def test_a_request_near_its_deadline_gets_a_consolidation(db):
         assert job is not None and job.kind == JobKind.consolidate and job.reason == "deadline"
         again = deadline_fallback(s, **kw, now=utcnow() + timedelta(days=28))
         assert again.id == job.id  # one consolidation at a time
+
+
+@pytest.mark.parametrize(
+    ("modules", "checkpointing", "lora", "want"),
+    [
+        ("auto", "auto", True, ("all-linear", 0.0, True)),  # a pretrained LLM's base
+        ("auto", "auto", False, ("qv", 0.05, False)),  # tiny, trained from scratch
+        ("qv", "auto", True, ("qv", 0.05, False)),  # the operator's layers win
+        ("all-linear", False, False, ("all-linear", 0.0, False)),  # and their memory switch
+    ],
+)
+def test_the_worker_student_follows_the_base_unless_the_operator_says(
+    modules, checkpointing, lora, want
+):
+    """An all-linear student forgot SmolLM2's forget users where the paper's q/v one did not,
+    and its step needs 19.2 GB without recomputed activations: more than the worker's 16 GB
+    container. So auto gives a pretrained LLM's base both, and tiny the paper's student."""
+    from e2urec.training import TrainConfig
+    from e2urec.unlearn import E2URecConfig, StopRule
+    from service.core.settings import Settings
+    from worker.runner import as_base_was_trained
+
+    settings = Settings(
+        unlearn_student_modules=modules, unlearn_activation_checkpointing=checkpointing
+    )
+    base = TrainConfig(lora=True, lora_targets="all-linear", lora_dropout=0.0) if lora else None
+    cfg = E2URecConfig.within(StopRule(max_epochs=3), **as_base_was_trained(settings, base))
+    assert (cfg.target_modules or "qv", cfg.lora_dropout, cfg.activation_checkpointing) == want

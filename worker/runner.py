@@ -136,6 +136,20 @@ def _load_base(base) -> tuple[Backbone, dict]:
     return load_model(base.path)
 
 
+def as_base_was_trained(settings: Settings, base_config: TrainConfig | None) -> dict:
+    """E2URec settings that follow how the base was trained: the student's layers, the
+    augmented model and the retain CE (``fitted_like``), unless the operator named the
+    student's layers, and activation checkpointing where the worker's setting says auto. The
+    layers apply to a fresh student; a warm start continues the active adapter's."""
+    like = fitted_like(base_config)
+    if settings.unlearn_student_modules != "auto":
+        like |= student_on(settings.unlearn_student_modules)
+    checkpointing = settings.unlearn_activation_checkpointing
+    if checkpointing == "auto":  # a step's memory is what a pretrained LLM's job runs out of
+        checkpointing = like.get("target_modules") == "all-linear"
+    return like | {"activation_checkpointing": checkpointing}
+
+
 def run_unlearning(settings: Settings, job_id: int, owner: str, attempt: int, lease: Lease) -> str:
     started = time.perf_counter()
     lease.progress("prepare", 0, 1, None)
@@ -201,11 +215,7 @@ def run_unlearning(settings: Settings, job_id: int, owner: str, attempt: int, le
         # The precision the base was trained in (bfloat16 for a pretrained LLM where the
         # hardware has it: 1.6x a step on such a CPU).
         bf16=base_config.bf16 if base_config else False,
-        activation_checkpointing=settings.unlearn_activation_checkpointing,
-        # Used when the student starts fresh; a warm start continues the active adapter's layers.
-        **student_on(settings.unlearn_student_modules),
-        # The augmented model and the retain CE follow how the base was trained.
-        **fitted_like(base_config),
+        **as_base_was_trained(settings, base_config),
         seed=job_id,
     )
     folder = settings.adapter_dir / f"job-{job_id}-attempt-{attempt}"

@@ -169,8 +169,13 @@ _ALL = [
     ),
     Method(
         "e2urec (all-linear)",
-        "ablation: the student's LoRA on every linear layer, as a pretrained LLM is fine-tuned",
+        "ablation: the student's LoRA on every linear layer (a pretrained base's plain e2urec)",
         _e2urec(**student_on("all-linear")),
+    ),
+    Method(
+        "e2urec (qv)",
+        "ablation: the paper's q/v student for a base fine-tuned on every linear layer",
+        _e2urec(**student_on("qv")),
     ),
     Method(
         "e2urec (w 0.3)",
