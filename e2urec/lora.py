@@ -57,6 +57,15 @@ def attention_qv_targets(model: nn.Module) -> list[str]:
     )
 
 
+def layers_of(config: LoraConfig) -> Targets:
+    """The layers a saved adapter adapts: "qv" for the attention's query/value projections
+    alone, else "all-linear" (a warm start keeps them, whatever a fresh student would get)."""
+    targets = config.target_modules
+    names = {targets} if isinstance(targets, str) else set(targets or ())
+    qv = {name for pair in _QV_NAMES for name in pair} | set(_FUSED_QKV)
+    return "qv" if names and names <= qv else "all-linear"
+
+
 def _qv_targets(model: nn.Module) -> list[str] | None:
     """None where peft maps the architecture to its q/v projections itself, else the scan."""
     from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as KNOWN

@@ -421,3 +421,38 @@ def test_the_worker_student_follows_the_base_unless_the_operator_says(
     base = TrainConfig(lora=True, lora_targets="all-linear", lora_dropout=0.0) if lora else None
     cfg = E2URecConfig.within(StopRule(max_epochs=3), **as_base_was_trained(settings, base))
     assert (cfg.target_modules or "qv", cfg.lora_dropout, cfg.activation_checkpointing) == want
+
+
+@pytest.mark.parametrize(
+    ("adapter_layers", "want"),
+    [
+        (
+            ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+            ("all-linear", 0.0, True),
+        ),
+        (["q_proj", "v_proj"], ("qv", 0.05, False)),
+        ("all-linear", ("all-linear", 0.0, True)),
+    ],
+)
+def test_a_warm_start_steps_like_the_adapter_it_continues(adapter_layers, want):
+    """Every job after the first continues the serving adapter, whose layers cannot change. An
+    all-linear adapter continued under an operator's "qv" kept q/v's dropout on 210 layers
+    (about 2x a step) and left auto's checkpointing off (19.2 GB a SmolLM2 step, over the
+    container's 16 GB)."""
+    from peft import LoraConfig
+
+    from e2urec.training import TrainConfig
+    from e2urec.unlearn import E2URecConfig, StopRule
+    from service.core.settings import Settings
+    from worker.runner import as_base_was_trained
+
+    operator_says = "all-linear" if want[0] == "qv" else "qv"  # the opposite of the adapter's
+    settings = Settings(
+        unlearn_student_modules=operator_says, unlearn_activation_checkpointing="auto"
+    )
+    base = TrainConfig(lora=True, lora_targets="all-linear", lora_dropout=0.0)
+    continued = LoraConfig(r=16, target_modules=adapter_layers)
+    cfg = E2URecConfig.within(
+        StopRule(max_epochs=3), **as_base_was_trained(settings, base, continued)
+    )
+    assert (cfg.target_modules, cfg.lora_dropout, cfg.activation_checkpointing) == want

@@ -9,12 +9,13 @@ import time
 import uuid
 from dataclasses import asdict
 
+from peft import LoraConfig
 from sqlalchemy import select
 
 from e2urec.adapter_files import read_adapter
 from e2urec.atomic import folder_sha256
 from e2urec.backbones import Backbone
-from e2urec.lora import with_adapter
+from e2urec.lora import layers_of, with_adapter
 from e2urec.model_store import load_model
 from e2urec.training import TrainConfig
 from e2urec.unlearn import (
@@ -136,13 +137,22 @@ def _load_base(base) -> tuple[Backbone, dict]:
     return load_model(base.path)
 
 
-def as_base_was_trained(settings: Settings, base_config: TrainConfig | None) -> dict:
+def as_base_was_trained(
+    settings: Settings, base_config: TrainConfig | None, continued: LoraConfig | None = None
+) -> dict:
     """E2URec settings that follow how the base was trained: the student's layers, the
     augmented model and the retain CE (``fitted_like``), unless the operator named the
-    student's layers, and activation checkpointing where the worker's setting says auto. The
-    layers apply to a fresh student; a warm start continues the active adapter's."""
+    student's layers, and activation checkpointing where the worker's setting says auto.
+
+    ``continued``: the config of the serving adapter a warm start continues. Its layers are the
+    student's whatever the settings say (a continued adapter cannot change shape), so its
+    dropout and auto's checkpointing follow them: an all-linear adapter continued as "qv" would
+    otherwise step with dropout on 210 layers and without checkpointing, past the container's
+    memory."""
     like = fitted_like(base_config)
-    if settings.unlearn_student_modules != "auto":
+    if continued is not None:
+        like |= student_on(layers_of(continued))
+    elif settings.unlearn_student_modules != "auto":
         like |= student_on(settings.unlearn_student_modules)
     checkpointing = settings.unlearn_activation_checkpointing
     if checkpointing == "auto":  # a step's memory is what a pretrained LLM's job runs out of
@@ -215,7 +225,7 @@ def run_unlearning(settings: Settings, job_id: int, owner: str, attempt: int, le
         # The precision the base was trained in (bfloat16 for a pretrained LLM where the
         # hardware has it: 1.6x a step on such a CPU).
         bf16=base_config.bf16 if base_config else False,
-        **as_base_was_trained(settings, base_config),
+        **as_base_was_trained(settings, base_config, init.config if init else None),
         seed=job_id,
     )
     folder = settings.adapter_dir / f"job-{job_id}-attempt-{attempt}"
