@@ -429,6 +429,15 @@ def test_bf16_steps_run_under_autocast_only_where_the_hardware_multiplies_bfloat
     assert seen and not any(seen)  # float32 unless asked
 
 
+@pytest.mark.parametrize(("warmup_steps", "moved"), [(0, 0.2), (4, 0.1 * (1 / 4 + 2 / 4))])
+def test_the_loop_warms_its_lr_up_over_the_first_steps(warmup_steps, moved):
+    # AdamW's first updates move every coordinate by about lr whatever its gradient: with a
+    # warmup the first steps are a fraction of it. One check, after epoch 1's two steps, stops.
+    stopped, steps, _, weight = _loop([(0.67, 0.66, 0.7)], warmup_steps=warmup_steps)
+    assert len(steps) == 2 and "reached the held-out level" in stopped
+    assert float(weight.mean()) == pytest.approx(moved, rel=1e-3)
+
+
 def test_loop_settings_that_would_silently_disable_the_stop_rule_are_refused():
     from e2urec.unlearn.loop import LoopConfig
 
@@ -436,6 +445,8 @@ def test_loop_settings_that_would_silently_disable_the_stop_rule_are_refused():
         LoopConfig(checks_per_epoch=0)
     with pytest.raises(ValueError, match="forget_only_epochs"):
         LoopConfig(forget_only_epochs=5, stop=StopRule(max_epochs=5))
+    with pytest.raises(ValueError, match="warmup_steps"):
+        LoopConfig(warmup_steps=-1)
 
 
 def test_alpha_is_raised_until_the_forgetting_teacher_asks_for_the_held_out_level():

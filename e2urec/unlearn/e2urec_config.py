@@ -42,6 +42,8 @@ class E2URecConfig:
     data) against the forgetting term."""
     lr: float = 3e-3
     """The paper's 1e-3 moved the student too little in the steps a check allows."""
+    warmup_steps: int = 0
+    """Steps over which the lr rises linearly to ``lr`` (0: from the first step)."""
     batch_size: int = 16
     forget_only_epochs: int = 3
     """Epochs on the forgetting term alone before mixed epochs."""
@@ -140,6 +142,7 @@ class E2URecConfig:
         steps_per_epoch = max(math.ceil(forget_samples / self.batch_size), self.min_steps_per_epoch)
         return LoopConfig(
             lr=self.lr,
+            warmup_steps=self.warmup_steps,
             batch_size=self.batch_size,
             forget_only_epochs=self.forget_only_epochs,
             checks_per_epoch=self.checks_per_epoch,

@@ -41,6 +41,10 @@ class LoopConfig:
     # of three users would get two optimiser steps and nothing would move.
     min_steps_per_epoch: int = 0
     max_grad_norm: float = 1.0
+    # Raise the lr linearly over the first steps (0: none). AdamW's first updates move every
+    # coordinate by about lr whatever its gradient; on SmolLM2's 210 layers one such step at lr
+    # 1e-3 lifted the forget *and* held-out losses by 0.23-0.30 before the next undid it.
+    warmup_steps: int = 0
     stop: StopRule = field(default_factory=StopRule)
     seed: int = 0
     # Mixed steps after the forget-only phase reached the held-out level (0: stop right there).
@@ -70,6 +74,8 @@ class LoopConfig:
             )
         if self.repair_steps < 0:
             raise ValueError(f"repair_steps must be >= 0, got {self.repair_steps}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
 
 
 def backward_in_parts(terms: Iterator[torch.Tensor], device: torch.device, bf16: bool) -> float:
@@ -117,6 +123,9 @@ def unlearning_loop(
     model = view.model
     rng = random.Random(cfg.seed)
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=0.0)
+    warmup = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
+    )
 
     def snapshot() -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in model.state_dict().items() if keep(k)}
@@ -154,6 +163,7 @@ def unlearning_loop(
             loss = backward_in_parts(step(idx, ridx), view.device, cfg.bf16)
             torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
             optimizer.step()
+            warmup.step()
             optimizer.zero_grad(set_to_none=True)
             bar.set_postfix(loss=f"{loss:.4f}")
             if on_step is not None:
