@@ -212,7 +212,12 @@ def test_recomputing_activations_gives_the_same_unlearning(trained):
     original, task = trained
     runs = {}
     for recompute in (False, True):
-        result, scores = _short_e2urec(trained, 64, activation_checkpointing=recompute)
+        # keep_best off: the last state is the one compared. Where this fixture's original
+        # already sits past the level (forget 0.63 against 0.55 on a CPU with bfloat16 matmuls),
+        # keep_best keeps it, and an untouched model would pass for two equal runs.
+        result, scores = _short_e2urec(
+            trained, 64, activation_checkpointing=recompute, keep_best=False
+        )
         runs[recompute] = (result.details["augment"]["forget_losses"], scores)
         # checkpointing is off again once training is done: it only applies while it runs
         assert not result.backbone.model.is_activation_checkpointing
