@@ -253,8 +253,9 @@ def run_seed(
 
     base = record("original", original, **made)
     reference = record("retrain", retrained, **remade)
-    rows["original"].update(distribution_distance(base, reference))
-    rows["retrain"].update({"jsd": 0.0, "l2": 0.0})
+    answer_tokens = (original.format.yes_token, original.format.no_token)
+    rows["original"].update(distribution_distance(base, reference, answer_tokens))
+    rows["retrain"].update({"jsd": 0.0, "l2": 0.0, "answer_jsd": 0.0, "answer_l2": 0.0})
     del retrained
 
     # The AUC bound is the worker gate's: 0.01 sat inside the noise of a 500-sample check.
@@ -313,6 +314,7 @@ def summary(results: dict[int, dict[str, dict]]) -> dict:
         "mia_auc": "mia_auc",
         "test_auc": "auc",
         "jsd": "jsd",
+        "answer_jsd": "answer_jsd",
         "time_s": "seconds",
     }
     rs = list(results.values())
@@ -330,9 +332,10 @@ def write_table(results: dict[int, dict[str, dict]], out: Path, command: str) ->
     methods = [m for m in ORDER if all(m in r for r in results.values())]
     header = (
         "| method | AUC | ACC | LL | forget LL | held-out LL | MIA AUC | MIA gap closed (%) "
-        "| forget-LL gap closed (%) | JSD | L2 | time (s) | trainable params |"
+        "| forget-LL gap closed (%) | JSD | L2 | answer JSD | answer mass | time (s) "
+        "| trainable params |"
     )
-    lines = [header, "|" + "---|" * 13]
+    lines = [header, "|" + "---|" * 15]
 
     def cell(rows: list[dict], key: str, scale: float = 100.0) -> str:
         return _mean_sd([row[key] * scale for row in rows]) if key in rows[0] else "-"
@@ -348,8 +351,9 @@ def write_table(results: dict[int, dict[str, dict]], out: Path, command: str) ->
             f"| {m} | {cell(rows, 'auc')} | {cell(rows, 'acc')} | {cell(rows, 'logloss')} | "
             f"{cell(rows, 'forget_logloss')} | {cell(rows, 'heldout_logloss')} | "
             f"{cell(rows, 'mia_auc')} | {closed['mia_auc']} | {closed['forget_logloss']} | "
-            f"{cell(rows, 'jsd')} | {cell(rows, 'l2')} | "
-            f"{cell(rows, 'seconds', 1.0)} | {rows[0]['trainable_parameters']:.2e} |"
+            f"{cell(rows, 'jsd')} | {cell(rows, 'l2')} | {cell(rows, 'answer_jsd')} | "
+            f"{cell(rows, 'answer_mass')} | {cell(rows, 'seconds', 1.0)} | "
+            f"{rows[0]['trainable_parameters']:.2e} |"
         )
     lines += ["", *forgetting_checks(results), "", *claims(results), "", *forgetting(results)]
     seeds = ", ".join(map(str, results))
@@ -357,7 +361,10 @@ def write_table(results: dict[int, dict[str, dict]], out: Path, command: str) ->
     text = (
         "AUC, ACC, LL (LogLoss, on the test split), forget LL, held-out LL, MIA AUC, JSD and L2 "
         f"are x100 as in the paper; mean ± sd over seeds {seeds}. "
-        "JSD and L2 compare answer distributions with the retrained model's on the forget set. "
+        "JSD and L2 compare answer distributions with the retrained model's on the forget set, "
+        "over the full vocabulary as in the paper; answer JSD compares the two-way answers "
+        "(the softmax over the Yes and No tokens, all that scoring reads), and answer mass is "
+        "the probability those two tokens hold together on the forget set. "
         "MIA AUC is a loss-threshold attack (one threshold per label) separating the forget set "
         "from never-trained held-out samples (50 = cannot tell); held-out LL is the loss on "
         "those. Gap closed: how much of the Original -> Retrain difference a method closed "
@@ -404,6 +411,14 @@ def forgetting_checks(results: dict[int, dict[str, dict]]) -> list[str]:
         "+.3f",
         each=True,
     )
+    if all("answer_jsd" in r["e2urec"] and "answer_jsd" in r["original"] for r in rs):
+        row(
+            "E2URec answer JSD - Original answer JSD, x100 (< 0 on every seed)",
+            [100 * (r["e2urec"]["answer_jsd"] - r["original"]["answer_jsd"]) for r in rs],
+            lambda v: v < 0,
+            "+.3f",
+            each=True,
+        )
     row(
         "E2URec AUC - min(Original, Retrain) AUC, x100 (>= -1 on every seed)",
         [100 * (r["e2urec"]["auc"] - min(r["original"]["auc"], r["retrain"]["auc"])) for r in rs],

@@ -11,7 +11,7 @@ import torch
 from e2urec.backbones import Backbone
 from e2urec.data.prepared import Catalog
 from e2urec.data.samples import Sample
-from e2urec.metrics import distribution_distance, mia_auc, sample_log_loss, utility
+from e2urec.metrics import answer_mass, distribution_distance, mia_auc, sample_log_loss, utility
 from e2urec.scoring import answer_distributions, yes_probability
 
 if TYPE_CHECKING:
@@ -59,6 +59,9 @@ def evaluate(
     metrics["forget_logloss"] = float(member.mean())
     # Beside the forget loss, so that a model that got worse everywhere is not read as forgetting
     metrics["heldout_logloss"] = float(nonmember.mean())
+    answer_tokens = (model.format.yes_token, model.format.no_token)
+    # Read beside JSD: how much of the full-vocabulary distance can lie off the two answers
+    metrics["answer_mass"] = answer_mass(forget_lp, answer_tokens)
     if reference_forget_logp is not None:
-        metrics.update(distribution_distance(forget_lp, reference_forget_logp))
+        metrics.update(distribution_distance(forget_lp, reference_forget_logp, answer_tokens))
     return metrics, forget_lp

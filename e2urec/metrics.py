@@ -86,15 +86,39 @@ def l2_per_sample(logp, logq) -> np.ndarray:
     return (lp.exp() - lq.exp()).norm(dim=-1).numpy()
 
 
-def distribution_distance(logp, logq) -> dict[str, float]:
-    """Mean JSD and L2 over samples between two models' answer-position distributions."""
-    return {
+def distribution_distance(
+    logp, logq, answer_tokens: tuple[int, int] | None = None
+) -> dict[str, float]:
+    """Mean JSD and L2 over samples between two models' answer-position distributions (the
+    paper's: over the full vocabulary).
+
+    With ``answer_tokens`` (yes, no) also ``answer_jsd`` and ``answer_l2``: the same distances
+    between the two-way answers, the softmax over those two tokens alone, which is all that
+    scoring reads. A base trained on the answer alone (the pretrained recipe) never trained the
+    rest of its vocabulary there, so the full-vocabulary distance also counts mass on tokens the
+    recommender never answers with."""
+    out = {
         "jsd": float(jsd_per_sample(logp, logq).mean()),
         "l2": float(l2_per_sample(logp, logq).mean()),
     }
+    if answer_tokens is not None:
+        lp, lq = _as_log_probs(logp), _as_log_probs(logq)
+        cols = list(answer_tokens)
+        ap = lp[:, cols].log_softmax(-1)
+        aq = lq[:, cols].log_softmax(-1)
+        out["answer_jsd"] = float(jsd_per_sample(ap, aq).mean())
+        out["answer_l2"] = float(l2_per_sample(ap, aq).mean())
+    return out
 
 
 # -- membership inference ------------------------------------------------------------------
+
+
+def answer_mass(logp, answer_tokens: tuple[int, int]) -> float:
+    """Mean probability the two answer tokens hold together in full-vocabulary distributions:
+    near 1 when the base was trained on the whole vocabulary there, and free to drift when it
+    was trained on the two-way answer alone."""
+    return float(_as_log_probs(logp)[:, list(answer_tokens)].logsumexp(-1).exp().mean())
 
 
 def mia_auc(

@@ -7,6 +7,7 @@ import pytest
 
 from e2urec.metrics import (
     accuracy,
+    answer_mass,
     auc,
     distribution_distance,
     jsd_per_sample,
@@ -48,6 +49,22 @@ def test_jsd_and_l2_by_hand():
     d = distribution_distance(np.stack([pp, pp]), np.stack([qq, pp]))
     assert d["jsd"] == pytest.approx((0.5 * kl_pm + 0.5 * kl_qm) / 2)
     assert d["l2"] == pytest.approx(math.sqrt(0.4**2 + 0.4**2) / 2)
+
+
+def test_answer_distances_read_the_two_answer_tokens_alone():
+    # Token 0 is "yes", 1 is "no", 2 stands for the rest of the vocabulary.
+    p = np.log([[0.4, 0.1, 0.5], [0.4, 0.1, 0.5]])
+    q = np.log([[0.2, 0.3, 0.5], [0.08, 0.02, 0.9]])
+    d = distribution_distance(p, q, answer_tokens=(0, 1))
+    # Row 1 answers (0.8, 0.2) against (0.4, 0.6); row 2 answers alike, (0.8, 0.2) twice, and
+    # differs only in mass off the answers: the full-vocabulary JSD counts it, the answer's not.
+    worked = jsd_per_sample(np.log([0.8, 0.2]), np.log([0.4, 0.6]))[0]
+    assert d["answer_jsd"] == pytest.approx(worked / 2)
+    assert d["answer_l2"] == pytest.approx(math.sqrt(0.4**2 + 0.4**2) / 2)
+    assert jsd_per_sample(p, q)[1] > 0.05
+    assert d["jsd"] > d["answer_jsd"]
+    assert "answer_jsd" not in distribution_distance(p, q)
+    assert answer_mass(q, (0, 1)) == pytest.approx((0.5 + 0.1) / 2)
 
 
 def test_membership_inference_auc():
