@@ -4,7 +4,7 @@ set, and whether a membership-inference attack can still spot the forget set."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
@@ -24,15 +24,16 @@ def evaluate(
     test: Sequence[Sample],
     forget: Sequence[Sample],
     heldout: Sequence[Sample],
-    reference_forget_logp: torch.Tensor | None = None,
+    reference: Answers | None = None,
     *,
     batch_size: int = 128,
     progress: bool = False,
-) -> tuple[dict[str, float], torch.Tensor]:
-    """Metrics of one model, and its forget-set answer distributions (to reuse as a reference).
+) -> tuple[dict[str, float], Answers]:
+    """Metrics of one model, and its answer distributions (to reuse as a reference).
 
-    ``reference_forget_logp`` is the retrained model's answer distribution on ``forget``; JSD and
-    L2 are reported against it. The attack separates ``forget`` (members) from ``heldout``.
+    ``reference`` is the retrained model's answers; JSD and L2 on ``forget`` are reported against
+    it, and the answer JSD on ``heldout`` beside them. The attack separates ``forget`` (members)
+    from ``heldout``.
     """
 
     def p_yes(logp: torch.Tensor) -> list[float]:
@@ -62,6 +63,29 @@ def evaluate(
     answer_tokens = (model.format.yes_token, model.format.no_token)
     # Read beside JSD: how much of the full-vocabulary distance can lie off the two answers
     metrics["answer_mass"] = answer_mass(forget_lp, answer_tokens)
-    if reference_forget_logp is not None:
-        metrics.update(distribution_distance(forget_lp, reference_forget_logp, answer_tokens))
-    return metrics, forget_lp
+    if reference is not None:
+        metrics.update(distances_to(Answers(forget_lp, held_lp), reference, answer_tokens))
+    return metrics, Answers(forget_lp, held_lp)
+
+
+class Answers(NamedTuple):
+    """A model's full-vocabulary answer-position log-probabilities on the forget set and on the
+    held-out samples (never trained on by any model)."""
+
+    forget: torch.Tensor
+    heldout: torch.Tensor
+
+
+def distances_to(
+    answers: Answers, reference: Answers, answer_tokens: tuple[int, int]
+) -> dict[str, float]:
+    """JSD, L2, answer JSD and answer L2 to the reference (Retrain) on the forget set, and the
+    JSDs on the held-out samples.
+
+    Neither model trained on the held-out samples, so their distance there is what two
+    trainings differ by anyway (the data, the order, the schedule): the forget set's distance
+    above it is what training on the forget set added, and that is what unlearning can take
+    away. A model that moved everywhere (more or less calibrated) moves on both."""
+    out = distribution_distance(answers.forget, reference.forget, answer_tokens)
+    held = distribution_distance(answers.heldout, reference.heldout, answer_tokens)
+    return out | {"heldout_jsd": held["jsd"], "heldout_answer_jsd": held["answer_jsd"]}

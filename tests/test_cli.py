@@ -247,7 +247,7 @@ def test_a_kept_original_and_retrain_are_reused_and_only_under_their_own_setting
     assert rows[0]["retrain"] == rows[1]["retrain"]
     assert "negkl" in rows[1] and "neggrad" not in rows[1]
     # the two-way answers' distance to Retrain beside the paper's full-vocabulary one
-    assert {"answer_jsd", "answer_mass"} <= rows[0]["neggrad"].keys()
+    assert {"answer_jsd", "answer_mass", "heldout_answer_jsd"} <= rows[0]["neggrad"].keys()
     assert rows[0]["original"]["answer_jsd"] > 0 and rows[0]["retrain"]["answer_jsd"] == 0
     assert "| answer JSD |" in (tmp_path / "a" / "table.md").read_text()
     # other data: refused before anything trains, and the kept models are left as they were

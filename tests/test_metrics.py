@@ -67,6 +67,24 @@ def test_answer_distances_read_the_two_answer_tokens_alone():
     assert answer_mass(q, (0, 1)) == pytest.approx((0.5 + 0.1) / 2)
 
 
+def test_distances_to_retrain_on_the_forget_set_and_on_held_out_samples():
+    import torch
+
+    from e2urec.evaluate import Answers, distances_to
+
+    def answers(forget: list[float], heldout: list[float]) -> Answers:
+        return Answers(torch.tensor([forget]).log(), torch.tensor([heldout]).log())
+
+    retrain = answers([0.2, 0.3, 0.5], [0.25, 0.25, 0.5])
+    # Far from Retrain on the forget set, equal on held-out samples: all of its distance is on
+    # what it trained on
+    model = answers([0.4, 0.1, 0.5], [0.25, 0.25, 0.5])
+    d = distances_to(model, retrain, (0, 1))
+    assert d["answer_jsd"] > 0.05 and d["heldout_answer_jsd"] == pytest.approx(0.0, abs=1e-12)
+    assert d["heldout_jsd"] == pytest.approx(0.0, abs=1e-12)
+    assert {"jsd", "l2", "answer_l2"} <= d.keys()
+
+
 def test_membership_inference_auc():
     assert mia_auc([0.1, 0.2], [0.5, 0.9]) == pytest.approx(1.0)  # members have lower loss
     assert mia_auc([0.5, 0.9], [0.1, 0.2]) == pytest.approx(0.0)
