@@ -18,6 +18,14 @@ if TYPE_CHECKING:
     from e2urec.unlearn.ensemble import Ensemble
 
 
+class Answers(NamedTuple):
+    """A model's full-vocabulary answer-position log-probabilities on the forget set and on the
+    held-out samples (never trained on by any model)."""
+
+    forget: torch.Tensor
+    heldout: torch.Tensor
+
+
 def evaluate(
     model: Backbone | Ensemble,
     catalog: Catalog,
@@ -66,14 +74,6 @@ def evaluate(
     if reference is not None:
         metrics.update(distances_to(Answers(forget_lp, held_lp), reference, answer_tokens))
     return metrics, Answers(forget_lp, held_lp)
-
-
-class Answers(NamedTuple):
-    """A model's full-vocabulary answer-position log-probabilities on the forget set and on the
-    held-out samples (never trained on by any model)."""
-
-    forget: torch.Tensor
-    heldout: torch.Tensor
 
 
 def distances_to(

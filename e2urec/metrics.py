@@ -111,14 +111,14 @@ def distribution_distance(
     return out
 
 
-# -- membership inference ------------------------------------------------------------------
-
-
 def answer_mass(logp, answer_tokens: tuple[int, int]) -> float:
     """Mean probability the two answer tokens hold together in full-vocabulary distributions:
     near 1 when the base was trained on the whole vocabulary there, and free to drift when it
     was trained on the two-way answer alone."""
     return float(_as_log_probs(logp)[:, list(answer_tokens)].logsumexp(-1).exp().mean())
+
+
+# -- membership inference ------------------------------------------------------------------
 
 
 def mia_auc(
