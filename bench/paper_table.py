@@ -36,7 +36,7 @@ import typer
 from bench.common import command_line, name_values
 from e2urec.backbones import Backbone, load_backbone
 from e2urec.data import Catalog, Sample, SampleConfig, Splits, load_dataset, make_splits
-from e2urec.evaluate import distances_to, evaluate
+from e2urec.evaluate import distances_to, evaluate, teacher_distances
 from e2urec.model_store import load_model, read_manifest, save_model
 from e2urec.training import SCRATCH_PRESETS, TrainConfig, recipe_for, train_llmrec
 from e2urec.unlearn import METHODS, E2URecConfig, RunOptions, StopRule, UnlearnTask
@@ -286,6 +286,10 @@ def run_seed(
             result.stopped,
             reference,
         )
+        if result.teacher_answers is not None:  # E2URec: is its teacher closer than doing nothing?
+            rows[name]["teacher"] = teacher_distances(
+                result.teacher_answers, reference, answer_tokens, [s.label for s in splits.forget]
+            )
         rows[name]["peak_memory_bytes"] = result.peak_memory_bytes
         rows[name]["history"] = result.history
         rows[name]["details"] = result.details
@@ -426,6 +430,19 @@ def forgetting_checks(results: dict[int, dict[str, dict]]) -> list[str]:
                 "+.3f",
                 each=True,
             )
+    if all("teacher" in r["e2urec"] and "answer_jsd" in r["original"] for r in rs):
+        # What a student can reach: it distils this teacher on the forget set
+        row(
+            "E2URec's forgetting teacher answer JSD - Original answer JSD, x100 (< 0: a student "
+            "of it can get closer than doing nothing)",
+            [
+                100 * (r["e2urec"]["teacher"]["answer_jsd"] - r["original"]["answer_jsd"])
+                for r in rs
+            ],
+            lambda v: v < 0,
+            "+.3f",
+            each=True,
+        )
     row(
         "E2URec AUC - min(Original, Retrain) AUC, x100 (>= -1 on every seed)",
         [100 * (r["e2urec"]["auc"] - min(r["original"]["auc"], r["retrain"]["auc"])) for r in rs],
@@ -497,6 +514,37 @@ def forgetting(results: dict[int, dict[str, dict]]) -> list[str]:
         if all(teachers):
             cells = " | ".join(f"{100 * t['forced']:.1f}" for t in teachers)
             out.append(f"| {m}: its forgetting teacher | {cells} |")
+    return out + teacher_lines(results)
+
+
+def teacher_lines(results: dict[int, dict[str, dict]]) -> list[str]:
+    """How far each E2URec variant's forgetting teacher sits from Retrain's answers on the forget
+    set, at the strength it used and at the best of the strengths tried: a student that matched
+    its teacher exactly would be that far."""
+    rs = list(results.values())
+    out: list[str] = []
+    for m in (n for n in ORDER if n.startswith("e2urec")):
+        if not all(m in r and "teacher" in r[m] for r in rs):
+            continue
+        if not out:
+            out = [
+                "",
+                "Forgetting teachers, answer JSD to Retrain on the forget set (x100; the "
+                "Original's and the augmented model's from the teachers' own tables):",
+                "",
+                "| variant | seed | Original | augmented | teacher (alpha) | "
+                "best alpha tried (JSD, forget LL) |",
+                "|---|---|---|---|---|---|",
+            ]
+        for seed, r in results.items():
+            t = r[m]["teacher"]
+            best = min(t["curve"], key=lambda c: c["answer_jsd"])
+            out.append(
+                f"| {m} | {seed} | {100 * t['original']['answer_jsd']:.2f} | "
+                f"{100 * t['augmented']['answer_jsd']:.2f} | "
+                f"{100 * t['answer_jsd']:.2f} ({t['alpha']:.2f}) | "
+                f"{best['alpha']:g} ({100 * best['answer_jsd']:.2f}, {100 * best['logloss']:.1f}) |"
+            )
     return out
 
 
@@ -547,6 +595,53 @@ def write_plot(results: dict[int, dict[str, dict]], out: Path) -> None:
     right.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     fig.savefig(out / "time_vs_jsd.png", dpi=120)
+    plt.close(fig)
+    write_teacher_plot(results, out)
+
+
+def write_teacher_plot(results: dict[int, dict[str, dict]], out: Path) -> None:
+    """The forgetting teacher against its strength: its answer JSD to Retrain and its forget
+    LogLoss, beside the Original's (doing nothing) and the targets, one line per seed."""
+    import matplotlib.pyplot as plt
+
+    runs = [
+        (seed, m, r[m]["teacher"], r)
+        for seed, r in results.items()
+        for m in ORDER
+        if m.startswith("e2urec") and "teacher" in r.get(m, {})
+    ]
+    if not runs:
+        return
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for seed, m, t, r in runs:
+        alphas = [max(c["alpha"], 0.1) for c in t["curve"]]  # 0 (the original) drawn at 0.1
+        line = left.plot(alphas, [100 * c["answer_jsd"] for c in t["curve"]], marker="o", ms=3)
+        color = line[0].get_color()
+        left.axhline(100 * r["original"]["answer_jsd"], color=color, ls="--", lw=1)
+        left.scatter([t["alpha"]], [100 * t["answer_jsd"]], marker="*", s=120, color=color)
+        right.plot(
+            alphas,
+            [100 * c["logloss"] for c in t["curve"]],
+            marker="o",
+            ms=3,
+            color=color,
+            label=f"{m}, seed {seed}",
+        )
+        right.axhline(100 * r["retrain"]["forget_logloss"], color=color, ls=":", lw=1)
+        right.axhline(100 * r["original"]["heldout_logloss"], color=color, ls="-.", lw=1)
+        right.scatter([t["alpha"]], [100 * t["logloss"]], marker="*", s=120, color=color)
+    for ax in (left, right):
+        ax.set_xscale("log")
+        ax.set_xlabel("strength alpha (log; 0.1 stands for 0, the Original)")
+        ax.grid(alpha=0.3)
+    left.set_ylabel("answer JSD to Retrain, forget set (x100)")
+    left.set_title("Teacher vs doing nothing (dashed); star: alpha used")
+    right.set_ylabel("forget-set LogLoss (x100)")
+    right.set_title("Teacher's forget LL; Retrain's dotted, held-out dash-dot")
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "teacher_strength.png", dpi=120)
+    plt.close(fig)
 
 
 def parse_e2urec_settings(given: list[str]) -> dict[str, object]:

@@ -11,11 +11,24 @@ import torch
 from e2urec.backbones import Backbone
 from e2urec.data.prepared import Catalog
 from e2urec.data.samples import Sample
-from e2urec.metrics import answer_mass, distribution_distance, mia_auc, sample_log_loss, utility
+from e2urec.metrics import (
+    answer_mass,
+    distribution_distance,
+    jsd_per_sample,
+    log_loss,
+    mia_auc,
+    sample_log_loss,
+    utility,
+)
 from e2urec.scoring import answer_distributions, yes_probability
 
 if TYPE_CHECKING:
+    from e2urec.unlearn.base import TeacherAnswers
     from e2urec.unlearn.ensemble import Ensemble
+
+# Strengths at which the forgetting teacher is judged beside the one it used: 0 is the original
+# itself, 2 the paper's, 32 the calibration's ceiling.
+TEACHER_STRENGTHS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
 
 class Answers(NamedTuple):
@@ -89,3 +102,38 @@ def distances_to(
     out = distribution_distance(answers.forget, reference.forget, answer_tokens)
     held = distribution_distance(answers.heldout, reference.heldout, answer_tokens)
     return out | {"heldout_jsd": held["jsd"], "heldout_answer_jsd": held["answer_jsd"]}
+
+
+def teacher_distances(
+    teacher: TeacherAnswers,
+    reference: Answers,
+    answer_tokens: tuple[int, int],
+    labels: Sequence[int],
+    strengths: Sequence[float] = TEACHER_STRENGTHS,
+) -> dict:
+    """How far E2URec's forgetting teacher itself sits from the retrained model's answers on the
+    forget set: the answer JSD (and LogLoss) of the teacher at the strength it used and at each
+    of ``strengths``, beside the original's and the augmented model's.
+
+    A student distils that teacher, so when the teacher is further from Retrain than the
+    original is, no student of it can be closer than doing nothing. The strength the run
+    calibrated is chosen by the forget loss alone; the curve shows what the distance would have
+    been at others. ``labels``: the forget samples' labels, in the teacher's order (its first
+    rows, when the task added unrated negatives after them)."""
+    n = len(labels)
+    ref = reference.forget.double()[:n, list(answer_tokens)].log_softmax(-1)
+
+    def judged(logp: torch.Tensor) -> dict[str, float]:
+        two_way = logp[:n].double().log_softmax(-1)
+        return {
+            "answer_jsd": float(jsd_per_sample(two_way, ref).mean()),
+            "logloss": log_loss(labels, two_way[:, 0].exp().tolist()),  # column 0: yes
+        }
+
+    return {
+        "alpha": teacher.alpha,
+        **judged(teacher.forced()),
+        "original": judged(teacher.original),
+        "augmented": judged(teacher.augmented),
+        "curve": [{"alpha": a, **judged(teacher.forced(a))} for a in strengths],
+    }

@@ -256,3 +256,27 @@ def test_a_kept_original_and_retrain_are_reused_and_only_under_their_own_setting
     said = " ".join(refused.output.replace("│", " ").split())  # rich boxes and wraps it
     assert refused.exit_code == 2 and "trained with other settings" in said
     assert not (tmp_path / "c").exists()
+
+
+def test_the_table_judges_e2urecs_forgetting_teacher_beside_doing_nothing(tmp_path: Path):
+    """A student distils its forgetting teacher: the table says how far the teacher itself sits
+    from Retrain, at the strength it used and the best one tried, and plots the curve."""
+    from bench.paper_table import write_plot, write_table
+
+    committed = Path(__file__).parent.parent / "bench/results"
+    folder = committed / "ml1m-memorising-smollm2-bf16-answer-jsd/warmup5-again"
+    rows = json.loads((folder / "results.json").read_text())["results"]["0"]
+    curve = [
+        {"alpha": a, "answer_jsd": j, "logloss": ll}
+        for a, j, ll in [(0.0, 0.052, 0.47), (2.0, 0.04, 0.55), (8.0, 0.03, 0.7), (32, 0.09, 1.2)]
+    ]
+    teacher = {"alpha": 32.0, "answer_jsd": 0.09, "logloss": 1.2, "curve": curve}
+    teacher |= {"original": {"answer_jsd": 0.052}, "augmented": {"answer_jsd": 0.06}}
+    rows["e2urec"]["teacher"] = teacher
+    text = write_table({0: rows}, tmp_path, "python -m bench.paper_table ...")
+    check = next(line for line in text.splitlines() if "forgetting teacher answer JSD" in line)
+    # 9.0 against the Original's 5.1: a student of this teacher cannot get closer
+    assert "| +3.9" in check and check.endswith("| NO |"), check
+    assert "| e2urec | 0 | 5.20 | 6.00 | 9.00 (32.00) | 8 (3.00, 70.0) |" in text
+    write_plot({0: rows}, tmp_path)
+    assert (tmp_path / "teacher_strength.png").stat().st_size > 10_000

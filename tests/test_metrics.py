@@ -85,6 +85,37 @@ def test_distances_to_retrain_on_the_forget_set_and_on_held_out_samples():
     assert {"jsd", "l2", "answer_l2"} <= d.keys()
 
 
+def test_the_forgetting_teacher_is_judged_against_retrain_at_every_strength():
+    import torch
+
+    from e2urec.evaluate import Answers, teacher_distances
+    from e2urec.unlearn.base import TeacherAnswers
+
+    def two_way(p_yes: list[float]) -> torch.Tensor:  # columns (yes, no)
+        p = torch.tensor(p_yes, dtype=torch.float64)
+        return torch.stack([p, 1 - p], -1).log()
+
+    # Two "yes" samples the original memorised (0.9) and Retrain, which never saw them, answers
+    # 0.6; the augmented model learned them further (0.99). Column 2 of Retrain's stands for the
+    # rest of its vocabulary, which the answer JSD leaves out.
+    retrain = torch.cat([two_way([0.6, 0.6]).exp() * 0.5, torch.full((2, 1), 0.5)], -1).log()
+    reference = Answers(retrain, retrain)
+    teacher = TeacherAnswers(two_way([0.9, 0.9]), two_way([0.99, 0.99]), alpha=32.0)
+    d = teacher_distances(teacher, reference, (0, 1), [1, 1])
+    by_alpha = {c["alpha"]: c for c in d["curve"]}
+    worked = jsd_per_sample(np.log([0.9, 0.1]), np.log([0.6, 0.4]))[0]
+    assert d["original"]["answer_jsd"] == pytest.approx(worked)
+    assert by_alpha[0.0]["answer_jsd"] == pytest.approx(worked)  # strength 0: the original
+    assert d["augmented"]["answer_jsd"] > worked  # the augmented model moved further away
+    # Pushing back what the augmented model added first nears Retrain, then overshoots it
+    best = min(d["curve"], key=lambda c: c["answer_jsd"])
+    assert 0 < best["alpha"] < 32 and best["answer_jsd"] < worked / 4
+    assert d["answer_jsd"] == by_alpha[32.0]["answer_jsd"] > 2 * best["answer_jsd"]  # used
+    losses = [c["logloss"] for c in d["curve"]]
+    assert losses == sorted(losses) and d["logloss"] == losses[-1]  # more strength, more loss
+    assert by_alpha[0.0]["logloss"] == pytest.approx(-math.log(0.9))
+
+
 def test_membership_inference_auc():
     assert mia_auc([0.1, 0.2], [0.5, 0.9]) == pytest.approx(1.0)  # members have lower loss
     assert mia_auc([0.5, 0.9], [0.1, 0.2]) == pytest.approx(0.0)

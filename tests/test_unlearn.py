@@ -130,6 +130,18 @@ def test_e2urec_forgets_and_saves_an_adapter(trained, tmp_path: Path):
     aug = result.details["augment"]
     assert aug["target_forget_loss"] <= result.history[0]["forget_loss"] - cfg.aug_min_drop
     assert aug["forget_losses"][-1] <= aug["target_forget_loss"], aug
+    # the teacher's answers kept for judging it: its two answer columns give the very losses the
+    # full-vocabulary tables gave
+    teacher = result.teacher_answers
+    assert teacher is not None and teacher.original.shape == (len(task.forget), 2)
+    assert teacher.alpha == result.details["alpha"]
+    labels = [s.label for s in task.forget]
+    losses = result.details["teacher_forget_loss"]
+    for name, logp in [("original", teacher.original), ("augmented", teacher.augmented)]:
+        p_yes = logp.log_softmax(-1)[:, 0].exp().tolist()
+        assert log_loss(labels, p_yes) == pytest.approx(losses[name], abs=1e-4)
+    p_yes = teacher.forced()[:, 0].exp().tolist()
+    assert log_loss(labels, p_yes) == pytest.approx(losses["forced"], abs=1e-4)
     assert result.stopped and result.seconds > 0
     assert result.trainable_parameters < result.total_parameters / 10
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()

@@ -12,6 +12,7 @@ import torch
 from e2urec.backbones import Backbone
 from e2urec.data.prepared import Catalog
 from e2urec.data.samples import Sample
+from e2urec.unlearn.teachers import push_down
 
 if TYPE_CHECKING:
     from e2urec.unlearn.ensemble import Ensemble
@@ -37,6 +38,27 @@ class UnlearnTask:
             raise ValueError("the retain set is empty")
 
 
+@dataclass(frozen=True)
+class TeacherAnswers:
+    """What E2URec's forgetting teacher was made of, on the forget set (in the task's order): the
+    original's and the augmented model's log-probabilities of the two answer tokens [n, 2],
+    columns (yes, no), as the teacher saw them (over the vocabulary, or over the two answers when
+    it distils those alone), and the strength it used.
+
+    For judging the teacher itself (how far its answers sit from a retrained model's), in memory
+    only: these are the forget users' answers, so they are never written beside an adapter."""
+
+    original: torch.Tensor
+    augmented: torch.Tensor
+    alpha: float
+
+    def forced(self, alpha: float | None = None) -> torch.Tensor:
+        """The forgetting teacher's two-way answer log-probabilities at ``alpha`` (default: the
+        strength it used)."""
+        strength = self.alpha if alpha is None else alpha
+        return torch.log_softmax(push_down(self.original, self.augmented, strength), -1)
+
+
 @dataclass
 class UnlearnResult:
     method: str
@@ -49,6 +71,7 @@ class UnlearnResult:
     history: list[dict] = field(default_factory=list)
     adapter_path: Path | None = None
     details: dict = field(default_factory=dict)
+    teacher_answers: TeacherAnswers | None = None  # E2URec's, when its teachers were tables
 
 
 class PeakMemory:

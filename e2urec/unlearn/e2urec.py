@@ -38,7 +38,7 @@ from e2urec.encoding import answer_logits, answer_loss, collate, encode_prompts,
 from e2urec.lora import load_lora_state, lora_config, trainable_copy, with_adapter
 from e2urec.training import recomputed_activations
 from e2urec.unlearn.augmented import answer_log_loss, calibrated_alpha, train_augmented
-from e2urec.unlearn.base import PeakMemory, UnlearnResult, UnlearnTask
+from e2urec.unlearn.base import PeakMemory, TeacherAnswers, UnlearnResult, UnlearnTask
 from e2urec.unlearn.e2urec_config import E2URecConfig
 from e2urec.unlearn.loop import unlearning_loop
 from e2urec.unlearn.stopping import Monitor
@@ -169,6 +169,7 @@ def e2urec_unlearn(
         mark = time.perf_counter()
         report("teachers", 0, 1, None)
         teacher_losses: dict[str, float] = {}
+        teacher_answers: TeacherAnswers | None = None
         alpha = cfg.forget_strength
         narrow = (lambda x: answer_only(x, fmt)) if cfg.distill == "answer" else (lambda x: x)
         if cfg.cache_teachers or cfg.calibrate_strength:
@@ -192,6 +193,12 @@ def e2urec_unlearn(
             # set should sit above the original's, near or beyond the held-out level.
             tables = {"original": orig_f, "augmented": aug_f, "forced": forced_f}
             teacher_losses = {k: answer_log_loss(v, task.forget, fmt) for k, v in tables.items()}
+            answer_cols = [fmt.yes_token, fmt.no_token]
+            teacher_answers = TeacherAnswers(
+                original=torch.log_softmax(orig_f, -1)[:, answer_cols],
+                augmented=torch.log_softmax(aug_f, -1)[:, answer_cols],
+                alpha=alpha,
+            )
             del tables, orig_f, aug_f  # the forgetting teacher is now a table
             if cfg.cache_teachers:
                 del aug
@@ -309,4 +316,5 @@ def e2urec_unlearn(
             "alpha": alpha,
             "checksum": checksum,
         },
+        teacher_answers=teacher_answers,
     )

@@ -35,9 +35,14 @@ def forced_logits(orig: torch.Tensor, aug: torch.Tensor, alpha: float) -> torch.
     with log-softmax first makes ``aug - orig`` the change in log-probability, so the formula
     pushes down exactly what became more likely. (With a shared offset it is the raw formula.)
     """
-    orig = torch.log_softmax(orig.float(), dim=-1)
-    aug = torch.log_softmax(aug.float(), dim=-1)
-    return orig - alpha * torch.relu(aug - orig)
+    return push_down(torch.log_softmax(orig.float(), -1), torch.log_softmax(aug.float(), -1), alpha)
+
+
+def push_down(orig_logp: torch.Tensor, aug_logp: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``orig - alpha * relu(aug - orig)`` on log-probabilities: :func:`forced_logits` once both
+    are normalised. Elementwise, so it also gives the teacher's answer columns alone from the
+    original's and the augmented model's answer columns."""
+    return orig_logp - alpha * torch.relu(aug_logp - orig_logp)
 
 
 def soft_cross_entropy(teacher_logp: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
