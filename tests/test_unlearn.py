@@ -218,6 +218,37 @@ def test_cached_teachers_give_the_same_update_as_running_them(trained, distill):
 
 
 @pytest.mark.slow
+def test_without_the_retain_ce_the_retained_labels_no_longer_move_the_student(trained):
+    """``retain_ce=False`` holds retained answers by the KL to the original alone: what the
+    retained samples' labels say then no longer reaches the student."""
+    from dataclasses import replace
+
+    original, task = trained
+    flipped = [replace(s, label=1 - s.label) for s in task.retain]
+
+    def forget_scores(retain: list, retain_ce: bool) -> np.ndarray:
+        small = UnlearnTask(task.catalog, retain[:200], task.forget[:64], task.valid[:100])
+        cfg = E2URecConfig(
+            aug_epochs=1,
+            stop=StopRule(max_epochs=1, max_valid_auc_drop=1.0, eval_samples=50),
+            forget_only_epochs=0,  # mixed from the first step: every step has a retain term
+            min_steps_per_epoch=0,
+            keep_best=False,
+            lora_dropout=0.0,
+            retain_ce=retain_ce,
+        )
+        result = e2urec_unlearn(original, small, cfg, progress=False)
+        return np.array(
+            predict_like(result.backbone, [task.catalog.prompt(s) for s in small.forget])
+        )
+
+    kl_alone = forget_scores(task.retain, retain_ce=False)
+    np.testing.assert_allclose(forget_scores(flipped, retain_ce=False), kl_alone, atol=1e-6)
+    # with the CE, the flipped labels pull the student elsewhere
+    assert np.abs(forget_scores(flipped, retain_ce=True) - kl_alone).max() > 1e-3
+
+
+@pytest.mark.slow
 def test_recomputing_activations_gives_the_same_unlearning(trained):
     """Activation checkpointing trades memory for a forward; the augmented model and the student
     it produces must be the ones a plain run produces."""

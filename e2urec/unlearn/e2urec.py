@@ -250,6 +250,8 @@ def e2urec_unlearn(
                 rb = collate(fmt, [retain_enc[i] for i in ridx], labels)
                 ce_r, student_r = target_loss(student, rb.to(device))
             teacher_r = retain_teacher.get(ridx).to(device)
+            if not cfg.retain_ce:  # the KL to the original alone holds the retained answers
+                ce_r = torch.zeros((), device=device)
             yield remember_term(cfg.remember_weight, ce_r, teacher_r, student_r)
 
         with recomputed_activations(student, cfg.activation_checkpointing):
