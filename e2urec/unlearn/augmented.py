@@ -108,13 +108,15 @@ def calibrated_alpha(
     least: float,
     most: float,
     iterations: int = 20,
+    centre_on: list[int] | None = None,
 ) -> float:
     """The smallest strength (the paper's alpha) in [least, most] whose forced teacher has a
     forget-set LogLoss of at least ``level`` (``most`` if none reaches it). The teacher's loss
-    grows with alpha, and the tables are cached, so a bisection costs a few softmaxes."""
+    grows with alpha, and the tables are cached, so a bisection costs a few softmaxes.
+    ``centre_on``: the teacher's form, as :func:`forced_logits` takes it."""
 
     def loss(alpha: float) -> float:
-        return answer_log_loss(forced_logits(orig, aug, alpha), forget, fmt)
+        return answer_log_loss(forced_logits(orig, aug, alpha, centre_on), forget, fmt)
 
     if loss(least) >= level:
         return least

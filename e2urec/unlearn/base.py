@@ -12,7 +12,7 @@ import torch
 from e2urec.backbones import Backbone
 from e2urec.data.prepared import Catalog
 from e2urec.data.samples import Sample
-from e2urec.unlearn.teachers import push_down
+from e2urec.unlearn.teachers import centred, push_down
 
 if TYPE_CHECKING:
     from e2urec.unlearn.ensemble import Ensemble
@@ -51,12 +51,16 @@ class TeacherAnswers:
     original: torch.Tensor
     augmented: torch.Tensor
     alpha: float
+    form: str = "log-prob"  # E2URecConfig.teacher_form
 
     def forced(self, alpha: float | None = None) -> torch.Tensor:
         """The forgetting teacher's two-way answer log-probabilities at ``alpha`` (default: the
         strength it used)."""
         strength = self.alpha if alpha is None else alpha
-        return torch.log_softmax(push_down(self.original, self.augmented, strength), -1)
+        orig, aug = self.original, self.augmented
+        if self.form == "margin":  # centred on the two answers: as forced_logits centres them
+            orig, aug = centred(orig, [0, 1]), centred(aug, [0, 1])
+        return torch.log_softmax(push_down(orig, aug, strength), -1)
 
 
 @dataclass

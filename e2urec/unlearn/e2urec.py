@@ -171,6 +171,7 @@ def e2urec_unlearn(
         teacher_losses: dict[str, float] = {}
         teacher_answers: TeacherAnswers | None = None
         alpha = cfg.forget_strength
+        centre = [fmt.yes_token, fmt.no_token] if cfg.teacher_form == "margin" else None
         narrow = (lambda x: answer_only(x, fmt)) if cfg.distill == "answer" else (lambda x: x)
         if cfg.cache_teachers or cfg.calibrate_strength:
             orig_f = narrow(
@@ -187,8 +188,9 @@ def e2urec_unlearn(
                     level,
                     cfg.forget_strength,
                     cfg.forget_strength_max,
+                    centre_on=centre,
                 )
-            forced_f = torch.log_softmax(forced_logits(orig_f, aug_f, alpha), -1)
+            forced_f = torch.log_softmax(forced_logits(orig_f, aug_f, alpha, centre), -1)
             # Whether the forgetting teacher asks for forgetting at all: its loss on the forget
             # set should sit above the original's, near or beyond the held-out level.
             tables = {"original": orig_f, "augmented": aug_f, "forced": forced_f}
@@ -198,6 +200,7 @@ def e2urec_unlearn(
                 original=torch.log_softmax(orig_f, -1)[:, answer_cols],
                 augmented=torch.log_softmax(aug_f, -1)[:, answer_cols],
                 alpha=alpha,
+                form=cfg.teacher_form,
             )
             del tables, orig_f, aug_f  # the forgetting teacher is now a table
             if cfg.cache_teachers:
@@ -237,7 +240,8 @@ def e2urec_unlearn(
                     orig_logits = frozen_logits(fb).float()
                 with torch.no_grad():
                     aug_logits = narrow(answer_logits(aug.model, fb)).float()
-                teacher_f = torch.log_softmax(forced_logits(orig_logits, aug_logits, alpha), -1)
+                forced = forced_logits(orig_logits, aug_logits, alpha, centre)
+                teacher_f = torch.log_softmax(forced, -1)
             yield forget_term(cfg.remember_weight, teacher_f, student_f, ridx is not None)
             if ridx is None:
                 return

@@ -25,17 +25,34 @@ def answer_logits_all(
     )
 
 
-def forced_logits(orig: torch.Tensor, aug: torch.Tensor, alpha: float) -> torch.Tensor:
+def forced_logits(
+    orig: torch.Tensor, aug: torch.Tensor, alpha: float, centre_on: list[int] | None = None
+) -> torch.Tensor:
     """The forgetting teacher: push down whatever the augmented model learned beyond the original,
-    ``orig - alpha * relu(aug - orig)``, on log-probabilities.
+    ``orig - alpha * relu(aug - orig)``, on normalised logits.
 
     Logits are defined only up to a per-row constant (softmax ignores it), and fitting the
     augmented model can shift every logit at once: raw differences then fire on thousands of
-    unrelated tokens and miss the answer token whose probability actually rose. Normalising both
-    with log-softmax first makes ``aug - orig`` the change in log-probability, so the formula
-    pushes down exactly what became more likely. (With a shared offset it is the raw formula.)
+    unrelated tokens and miss the answer token whose probability actually rose. So both are
+    normalised first, one of two ways:
+
+    * ``centre_on=None``: log-softmax, so ``aug - orig`` is the change in log-probability. The
+      token a memorised sample's label names already sits near log-probability 0, so the change
+      saturates on exactly the samples memorised hardest.
+    * ``centre_on=[yes, no]``: each row minus the mean of those columns' logits, so on the answer
+      ``aug - orig`` is half the change in the answer's log-odds, which does not saturate (the
+      "margin" form, ``E2URecConfig.teacher_form``).
     """
-    return push_down(torch.log_softmax(orig.float(), -1), torch.log_softmax(aug.float(), -1), alpha)
+    if centre_on is None:
+        orig, aug = torch.log_softmax(orig.float(), -1), torch.log_softmax(aug.float(), -1)
+    else:
+        orig, aug = centred(orig.float(), centre_on), centred(aug.float(), centre_on)
+    return push_down(orig, aug, alpha)
+
+
+def centred(logits: torch.Tensor, columns: list[int]) -> torch.Tensor:
+    """Each row minus the mean of its ``columns``: a shared shift of the row cancels."""
+    return logits - logits[:, columns].mean(-1, keepdim=True)
 
 
 def push_down(orig_logp: torch.Tensor, aug_logp: torch.Tensor, alpha: float) -> torch.Tensor:
