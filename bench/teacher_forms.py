@@ -35,9 +35,10 @@ import typer
 
 from bench.common import command_line
 from bench.paper_table import kept_model, parse_e2urec_settings, prepare, trained_with
-from e2urec.evaluate import TEACHER_STRENGTHS, evaluate
+from e2urec.evaluate import TEACHER_STRENGTHS
 from e2urec.metrics import jsd_per_sample, log_loss
 from e2urec.model_store import load_model, read_manifest
+from e2urec.scoring import answer_distributions
 from e2urec.unlearn import E2URecConfig, StopRule, fitted_like
 from e2urec.unlearn.augmented import train_augmented
 from e2urec.unlearn.e2urec import answer_only
@@ -104,7 +105,8 @@ def main(
     task, fmt = world.task, models["original"].format
     forget = world.splits.forget
     labels = np.array([s.label for s in forget])
-    _, retrain = evaluate(models["retrain"], world.catalog, [], forget, [])
+    forget_prompts = [world.catalog.prompt(s) for s in forget]
+    retrain = answer_distributions(models["retrain"], forget_prompts)
 
     stop = StopRule(
         max_epochs=unlearn_epochs, eval_samples=check_samples, max_valid_auc_drop=max_auc_drop
@@ -128,7 +130,7 @@ def main(
 
     orig, augm = two_way(original), two_way(aug.backbone)
     seconds = time.perf_counter() - started
-    ref = retrain.forget.double()[:, cols].log_softmax(-1)
+    ref = retrain.double()[:, cols].log_softmax(-1)
 
     def judged(logp: torch.Tensor) -> dict[str, float]:
         two = logp.log_softmax(-1)

@@ -191,7 +191,8 @@ def test_the_benchmark_takes_its_methods_from_the_same_registry():
     result = CliRunner().invoke(table, ["--out", "/nonexistent/x", "--methods", "original"])
     assert result.exit_code == 2 and "e2urec" in result.output
     # E2URec settings are checked before anything trains, by name and by value
-    for bad, says in [("lr", "NAME=VALUE"), ("lora_rank=8", "lora_rank"), ("lr=-1", "lr")]:
+    wrong = [("lr", "NAME=VALUE"), ("lora_rank=8", "lora_rank"), ("lr=-1", "lr")]
+    for bad, says in [*wrong, ("teacher_form=logit", "margin")]:
         result = CliRunner().invoke(table, ["--out", "/nonexistent/x", "--e2urec-setting", bad])
         assert result.exit_code == 2 and says in result.output, result.output
 

@@ -41,6 +41,32 @@ def test_forced_logits_ignore_a_constant_shift_of_the_augmented_logits():
         )
 
 
+def test_the_margin_teacher_pushes_in_log_odds_and_does_not_saturate():
+    """What the augmented model added, measured in the answer's log-odds: a sample the original
+    is already sure of still gets pushed back as far as its fitting went."""
+    from e2urec.unlearn.base import TeacherAnswers
+
+    yes, no = 0, 1
+    # Sure (log-odds 4 -> 8) and unsure (0 -> 1) samples; column 2 is the rest of the vocabulary
+    orig = torch.tensor([[4.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    aug = torch.tensor([[8.0, 0.0, 1.0], [1.0, 0.0, 1.0]]) + 3.0  # a shared shift cancels
+
+    def log_odds(logits: torch.Tensor) -> torch.Tensor:
+        return logits[:, yes] - logits[:, no]
+
+    margin = forced_logits(orig, aug, 1.0, centre_on=[yes, no])
+    # centred on the answers, relu(aug - orig) on yes is half the rise in log-odds: alpha = 1
+    # takes back half of it, on the sure sample as on the unsure one
+    torch.testing.assert_close(log_odds(margin), torch.tensor([2.0, -0.5]))
+    log_prob = forced_logits(orig, aug, 1.0)
+    assert log_odds(orig - log_prob)[0] < 0.1  # log-probabilities: the sure sample barely moves
+    # the kept two-way answers give the same teacher as the full tables
+    two_way = torch.log_softmax(orig, -1)[:, [yes, no]], torch.log_softmax(aug, -1)[:, [yes, no]]
+    for form, full in [("margin", margin), ("log-prob", log_prob)]:
+        kept = TeacherAnswers(*two_way, alpha=1.0, form=form).forced()
+        torch.testing.assert_close(kept, full[:, [yes, no]].log_softmax(-1))
+
+
 def test_e2urec_loss_matches_the_formula_by_hand():
     w = 0.6
     forced = torch.log(torch.tensor([[0.7, 0.2, 0.1]]))
