@@ -41,6 +41,7 @@ from e2urec.model_store import load_model, read_manifest
 from e2urec.scoring import answer_distributions
 from e2urec.unlearn import E2URecConfig, StopRule, fitted_like
 from e2urec.unlearn.augmented import train_augmented
+from e2urec.unlearn.base import TeacherAnswers
 from e2urec.unlearn.e2urec import answer_only
 from e2urec.unlearn.stopping import Monitor
 from e2urec.unlearn.teachers import answer_logits_all
@@ -50,11 +51,10 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 def forms(orig: torch.Tensor, aug: torch.Tensor, alpha: float) -> dict[str, torch.Tensor]:
     """Both teachers' two-way log-probabilities [n, 2] (columns yes, no) from the two models'
-    two-way log-probabilities."""
-    log_prob = orig - alpha * torch.relu(aug - orig)
-    co, ca = orig - orig.mean(-1, keepdim=True), aug - aug.mean(-1, keepdim=True)
-    margin = co - alpha * torch.relu(ca - co)
-    return {"log-prob": log_prob.log_softmax(-1), "margin": margin.log_softmax(-1)}
+    two-way log-probabilities, as E2URec builds them (``TeacherAnswers.forced``)."""
+    return {
+        form: TeacherAnswers(orig, aug, alpha, form).forced() for form in ("log-prob", "margin")
+    }
 
 
 @app.command()
