@@ -34,10 +34,9 @@ import torch
 import typer
 
 from bench.common import command_line
-from bench.paper_table import kept_model, parse_e2urec_settings, prepare, trained_with
-from e2urec.evaluate import TEACHER_STRENGTHS
-from e2urec.metrics import jsd_per_sample, log_loss
-from e2urec.model_store import load_model, read_manifest
+from bench.paper_table import check_kept_models, kept_model, parse_e2urec_settings, prepare
+from e2urec.evaluate import Answers, teacher_distances
+from e2urec.model_store import load_model
 from e2urec.scoring import answer_distributions
 from e2urec.unlearn import E2URecConfig, StopRule, fitted_like
 from e2urec.unlearn.augmented import train_augmented
@@ -48,13 +47,7 @@ from e2urec.unlearn.teachers import answer_logits_all
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
-
-def forms(orig: torch.Tensor, aug: torch.Tensor, alpha: float) -> dict[str, torch.Tensor]:
-    """Both teachers' two-way log-probabilities [n, 2] (columns yes, no) from the two models'
-    two-way log-probabilities, as E2URec builds them (``TeacherAnswers.forced``)."""
-    return {
-        form: TeacherAnswers(orig, aug, alpha, form).forced() for form in ("log-prob", "margin")
-    }
+FORMS = ("log-prob", "margin")
 
 
 @app.command()
@@ -90,23 +83,18 @@ def main(
         "valid_samples": 1000,
         "eval_samples": eval_samples,
     }
+    check_kept_models(keep_models, [seed], args)  # made under these options, or refused
     models = {}
     for name in ("original", "retrain"):
         where = kept_model(keep_models, seed, name)
         if where is None:
             raise typer.BadParameter(f"no kept {name} for seed {seed} in {keep_models}")
-        made = read_manifest(where).get("bench_trained_with", {})
-        ours = trained_with(args, seed)
-        differ = sorted(k for k in ours if made.get(k) != ours[k])
-        if differ:
-            raise typer.BadParameter(f"{where} was trained with other {differ}: give its options")
         models[name], _ = load_model(where)
     world = prepare(args, seed)
     task, fmt = world.task, models["original"].format
-    forget = world.splits.forget
-    labels = np.array([s.label for s in forget])
-    forget_prompts = [world.catalog.prompt(s) for s in forget]
-    retrain = answer_distributions(models["retrain"], forget_prompts)
+    labels = [s.label for s in task.forget]
+    prompts = [world.catalog.prompt(s) for s in task.forget]
+    retrain = answer_distributions(models["retrain"], prompts)
 
     stop = StopRule(
         max_epochs=unlearn_epochs, eval_samples=check_samples, max_valid_auc_drop=max_auc_drop
@@ -120,7 +108,6 @@ def main(
     monitor = Monitor.for_task(task, cfg.stop, cfg.seed, cfg.eval_batch_size)
     reference = monitor.check(original)
     aug = train_augmented(original, task, cfg, True, monitor=monitor, reference=reference)
-    prompts = [world.catalog.prompt(s) for s in task.forget]
     cols = [fmt.yes_token, fmt.no_token]
 
     def two_way(model) -> torch.Tensor:
@@ -130,57 +117,52 @@ def main(
 
     orig, augm = two_way(original), two_way(aug.backbone)
     seconds = time.perf_counter() - started
-    ref = retrain.double()[:, cols].log_softmax(-1)
-
-    def judged(logp: torch.Tensor) -> dict[str, float]:
-        two = logp.log_softmax(-1)
-        return {
-            "answer_jsd": float(jsd_per_sample(two, ref).mean()),
-            "logloss": log_loss(labels.tolist(), two[:, 0].exp().tolist()),
-        }
-
-    curves = {
-        form: [{"alpha": a, **judged(forms(orig, augm, a)[form])} for a in TEACHER_STRENGTHS]
-        for form in ("log-prob", "margin")
+    # Each form judged as the table judges a run's teacher (alpha 0 stands for none used)
+    teachers = {form: TeacherAnswers(orig, augm, 0.0, form) for form in FORMS}
+    judged = {
+        form: teacher_distances(t, Answers(retrain, retrain[:0]), (cols[0], cols[1]), labels)
+        for form, t in teachers.items()
     }
+    curves = {form: j["curve"] for form, j in judged.items()}
 
     # Where the push lands: the label's log-odds, Original minus the teacher at alpha = 1 (the
     # push per unit strength), against the Original's excess label log-odds over Retrain's.
+    sign = np.where(np.array(labels) == 1, 1.0, -1.0)
+
     def label_log_odds(logp: torch.Tensor) -> np.ndarray:
         two = logp.log_softmax(-1).numpy()
-        odds = two[:, 0] - two[:, 1]
-        return np.where(labels == 1, odds, -odds)
+        return sign * (two[:, 0] - two[:, 1])
 
-    excess = label_log_odds(orig) - label_log_odds(ref)
-    placement = {}
-    for form in ("log-prob", "margin"):
-        push = label_log_odds(orig) - label_log_odds(forms(orig, augm, 1.0)[form])
-        placement[form] = {
-            "corr_push_vs_excess": float(np.corrcoef(push, excess)[0, 1]),
-            "mean_push": float(push.mean()),
+    excess = label_log_odds(orig) - label_log_odds(retrain.double()[:, cols])
+    push = {f: label_log_odds(orig) - label_log_odds(t.forced(1.0)) for f, t in teachers.items()}
+    placement = {
+        form: {
+            "corr_push_vs_excess": float(np.corrcoef(p, excess)[0, 1]),
+            "mean_push": float(p.mean()),
         }
+        for form, p in push.items()
+    }
     confidence = label_log_odds(orig)
     top = confidence >= np.quantile(confidence, 0.75)
-    lp_push = label_log_odds(orig) - label_log_odds(forms(orig, augm, 1.0)["log-prob"])
     record = {
         "command": command_line(),
-        "forget_samples": len(forget),
+        "forget_samples": len(labels),
         "alpha_calibrated_range": [cfg.forget_strength, cfg.forget_strength_max],
         "seconds_augment_and_tables": seconds,
-        "original": judged(orig),
-        "augmented": judged(augm),
+        "original": judged["log-prob"]["original"],
+        "augmented": judged["log-prob"]["augmented"],
         "curves": curves,
         "placement": placement,
         "excess_label_log_odds_mean": float(excess.mean()),
-        "log_prob_push_most_confident_quarter": float(lp_push[top].mean()),
-        "log_prob_push_rest": float(lp_push[~top].mean()),
+        "log_prob_push_most_confident_quarter": float(push["log-prob"][top].mean()),
+        "log_prob_push_rest": float(push["log-prob"][~top].mean()),
         "excess_most_confident_quarter": float(excess[top].mean()),
         "excess_rest": float(excess[~top].mean()),
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "teacher_forms.json").write_text(json.dumps(record, indent=2))
     lines = [
-        f"# Forgetting teacher forms against Retrain ({len(forget)} forget samples, x100)",
+        f"# Forgetting teacher forms against Retrain ({len(labels)} forget samples, x100)",
         "",
         f"Original: answer JSD {100 * record['original']['answer_jsd']:.2f}, forget LL "
         f"{100 * record['original']['logloss']:.1f}; augmented: "

@@ -171,7 +171,8 @@ def e2urec_unlearn(
         teacher_losses: dict[str, float] = {}
         teacher_answers: TeacherAnswers | None = None
         alpha = cfg.forget_strength
-        centre = [fmt.yes_token, fmt.no_token] if cfg.teacher_form == "margin" else None
+        answer_cols = [fmt.yes_token, fmt.no_token]
+        centre = answer_cols if cfg.teacher_form == "margin" else None
         narrow = (lambda x: answer_only(x, fmt)) if cfg.distill == "answer" else (lambda x: x)
         if cfg.cache_teachers or cfg.calibrate_strength:
             orig_f = narrow(
@@ -195,7 +196,6 @@ def e2urec_unlearn(
             # set should sit above the original's, near or beyond the held-out level.
             tables = {"original": orig_f, "augmented": aug_f, "forced": forced_f}
             teacher_losses = {k: answer_log_loss(v, task.forget, fmt) for k, v in tables.items()}
-            answer_cols = [fmt.yes_token, fmt.no_token]
             teacher_answers = TeacherAnswers(
                 original=torch.log_softmax(orig_f, -1)[:, answer_cols],
                 augmented=torch.log_softmax(aug_f, -1)[:, answer_cols],
