@@ -281,3 +281,20 @@ def test_the_table_judges_e2urecs_forgetting_teacher_beside_doing_nothing(tmp_pa
     assert "| e2urec | 0 | 5.20 | 6.00 | 9.00 (32.00) | 8 (3.00, 70.0) |" in text
     write_plot({0: rows}, tmp_path)
     assert (tmp_path / "teacher_strength.png").stat().st_size > 10_000
+
+
+def test_the_table_reports_the_student_with_retrain_as_its_teacher(tmp_path: Path):
+    """The oracle row separates the student from its teacher: given Retrain's own answers on the
+    forget set, does the student end closer than doing nothing? Not a method: run on request."""
+    from bench.paper_table import ORACLE, write_table
+
+    committed = Path(__file__).parent.parent / "bench/results"
+    folder = committed / "ml1m-memorising-smollm2-bf16-answer-jsd/warmup5-again"
+    rows = json.loads((folder / "results.json").read_text())["results"]["0"]
+    oracle = dict(rows.pop("e2urec"), answer_jsd=0.031)  # 3.1 against the Original's 5.0
+    oracle["details"] = {"teacher_forget_loss": {"forced": 0.773}}
+    text = write_table({0: rows | {ORACLE: oracle}}, tmp_path, "python -m bench.paper_table ...")
+    check = next(line for line in text.splitlines() if "with Retrain as its teacher" in line)
+    assert "| -1.966 |" in check and check.endswith("| yes |"), check
+    assert f"| {ORACLE} |" in text and f"| {ORACLE}: its forgetting teacher | 77.3 |" in text
+    assert "E2URec: MIA gap closed" not in text  # no plain E2URec row to judge

@@ -177,6 +177,40 @@ def test_e2urec_forgets_and_saves_an_adapter(trained, tmp_path: Path):
     assert all(torch.equal(v, before_weights[k]) for k, v in original.model.state_dict().items())
 
 
+@pytest.mark.slow
+def test_given_forget_targets_replace_the_forgetting_teacher(trained):
+    """The student-alone diagnostic: E2URec distils the given answers on the forget set (here
+    the original's own answers, flipped) with no augmented model, and moves toward them."""
+    from e2urec.scoring import answer_distributions, yes_probability
+
+    original, task = trained
+    fmt = original.format
+    prompts = [task.catalog.prompt(s) for s in task.forget]
+    own = answer_distributions(original, prompts)
+    flipped = own.clone()
+    flipped[:, [fmt.yes_token, fmt.no_token]] = own[:, [fmt.no_token, fmt.yes_token]]
+    cfg = E2URecConfig(
+        forget_only_epochs=1,
+        calibrate_strength=False,
+        stop=StopRule(max_epochs=2, max_valid_auc_drop=1.0, eval_samples=100),
+    )
+    with pytest.raises(ValueError, match="one row per forget sample"):
+        e2urec_unlearn(original, task, cfg, progress=False, forget_targets=flipped[:-1])
+
+    result = e2urec_unlearn(original, task, cfg, progress=False, forget_targets=flipped)
+    assert result.details["augment"] is None and result.details["stage_seconds"]["augment"] < 0.1
+    assert result.details["alpha"] is None and result.teacher_answers is None
+    target = yes_probability(flipped, fmt)
+    labels = [s.label for s in task.forget]
+    forced = result.details["teacher_forget_loss"]["forced"]
+    assert forced == pytest.approx(log_loss(labels, target.tolist()), abs=1e-4)
+    before = yes_probability(own, fmt)
+    after = yes_probability(answer_distributions(result.backbone, prompts), fmt)
+    gap_before = (before - target).abs().mean().item()
+    gap_after = (after - target).abs().mean().item()
+    assert gap_after < 0.7 * gap_before, (gap_before, gap_after, result.history)
+
+
 def test_the_stop_rule_takes_its_loss_level_from_heldout_and_its_auc_from_valid(trained):
     from e2urec.unlearn.stopping import Monitor
 

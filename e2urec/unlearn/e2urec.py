@@ -124,6 +124,7 @@ def e2urec_unlearn(
     progress: bool = True,
     on_progress: StageProgress | None = None,
     init_adapter: AdapterFiles | None = None,
+    forget_targets: torch.Tensor | None = None,
 ) -> UnlearnResult:
     """Unlearn ``task.forget`` from ``original`` (left untouched); the result holds the student.
 
@@ -134,8 +135,21 @@ def e2urec_unlearn(
     unlearn from (both teachers' "original") is then the base with that adapter, and the student
     starts from its weights, so whatever it already forgot stays forgotten and the result is
     again one adapter on the same base.
+
+    ``forget_targets`` (answer-position log-probabilities, one row per forget sample, over the
+    vocabulary) replace the forgetting teacher, and no augmented model is fitted: a diagnostic
+    of the student alone. Given a retrained model's answers (``bench.paper_table``'s "e2urec
+    (Retrain as teacher)" row) it shows how close the student gets with an exact teacher, which
+    a real deletion never has.
     """
     cfg = cfg or E2URecConfig()
+    if forget_targets is not None and forget_targets.shape[0] != len(task.forget):
+        raise ValueError(
+            f"forget_targets has {forget_targets.shape[0]} rows for {len(task.forget)} forget "
+            "samples; give one row per forget sample, in the task's order"
+        )
+    if forget_targets is not None and not cfg.cache_teachers:
+        raise ValueError("forget_targets is a table of the teacher: set cache_teachers=True")
     torch.manual_seed(cfg.seed)
     base = original
     if init_adapter is not None:
@@ -152,29 +166,35 @@ def e2urec_unlearn(
         history.append({"epoch": 0, **reference.as_dict()})
         stages["reference_check"] = time.perf_counter() - started
 
-        mark = time.perf_counter()
-        report("augment", 0, 1, None)  # each stage announces its start (timing, dashboards)
-        augmented = train_augmented(
-            original,
-            task,
-            cfg,
-            progress,
-            on_step=lambda step, total, loss: report("augment", step, total, loss),
-            monitor=monitor,
-            reference=reference,
-        )
-        aug = augmented.backbone
         forget_prompts = [catalog.prompt(s) for s in task.forget]
-        stages["augment"] = time.perf_counter() - mark
-        mark = time.perf_counter()
-        report("teachers", 0, 1, None)
-        teacher_losses: dict[str, float] = {}
-        teacher_answers: TeacherAnswers | None = None
-        alpha = cfg.forget_strength
         answer_cols = [fmt.yes_token, fmt.no_token]
         centre = answer_cols if cfg.teacher_form == "margin" else None
         narrow = (lambda x: answer_only(x, fmt)) if cfg.distill == "answer" else (lambda x: x)
-        if cfg.cache_teachers or cfg.calibrate_strength:
+        teacher_losses: dict[str, float] = {}
+        teacher_answers: TeacherAnswers | None = None
+        alpha: float | None = cfg.forget_strength
+        augmented, aug = None, None
+        mark = time.perf_counter()
+        if forget_targets is None:
+            report("augment", 0, 1, None)  # each stage announces its start (timing, dashboards)
+            augmented = train_augmented(
+                original,
+                task,
+                cfg,
+                progress,
+                on_step=lambda step, total, loss: report("augment", step, total, loss),
+                monitor=monitor,
+                reference=reference,
+            )
+            aug = augmented.backbone
+        stages["augment"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        report("teachers", 0, 1, None)
+        if forget_targets is not None:  # the diagnostic: a given teacher, nothing to fit
+            forced_f = torch.log_softmax(narrow(forget_targets.float()), -1)
+            teacher_losses = {"forced": answer_log_loss(forced_f, task.forget, fmt)}
+            alpha = None
+        elif cfg.cache_teachers or cfg.calibrate_strength:
             orig_f = narrow(
                 answer_logits_all(original, forget_prompts, batch_size=cfg.eval_batch_size)
             )
@@ -313,7 +333,9 @@ def e2urec_unlearn(
         details={
             "stage_seconds": stages,
             "retain_teacher_passes": retain_teacher.forward_passes,
-            "augment": {
+            "augment": None
+            if augmented is None
+            else {
                 "target_forget_loss": augmented.target,
                 "forget_losses": augmented.forget_losses,
                 "stopped": augmented.stopped,

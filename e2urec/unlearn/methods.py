@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from e2urec.backbones import Backbone
 from e2urec.data.samples import Sample
 from e2urec.training import TrainConfig
@@ -42,6 +44,9 @@ class RunOptions:
     # E2URecConfig fields that override an E2URec entry's own (a smaller budget on a slow
     # backbone, say); checked by E2URecConfig before any work. The other methods ignore them.
     e2urec_overrides: Mapping[str, Any] = field(default_factory=dict)
+    # E2URec: log-probabilities to distil on the forget set instead of its forgetting teacher
+    # (``e2urec_unlearn``'s diagnostic; a benchmark passes the retrained model's answers).
+    forget_targets: torch.Tensor | None = None
 
 
 Run = Callable[[Backbone, UnlearnTask, RunOptions], UnlearnResult]
@@ -85,7 +90,9 @@ def _e2urec(*, paper: bool = False, **settings) -> Run:
         cfg = E2URecConfig.within(o.stop, paper=paper, seed=o.seed, **given)
         # So do its data: a base trained with unrated negatives forgets and keeps those too.
         task = as_trained(task, o.train_config, o.train)
-        return e2urec_unlearn(original, task, cfg, out=o.out, progress=o.progress)
+        return e2urec_unlearn(
+            original, task, cfg, out=o.out, progress=o.progress, forget_targets=o.forget_targets
+        )
 
     return run
 
