@@ -48,6 +48,9 @@ from e2urec.unlearn.teachers import answer_logits_all
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 FORMS = ("log-prob", "margin")
+# The strength at which each form's base-rate shift is read: the paper's, and where the margin
+# teacher came closest to Retrain (bench/results/ml1m-memorising-smollm2-bf16-teacher)
+SHIFT_ALPHA = 2.0
 
 
 @app.command()
@@ -142,6 +145,28 @@ def main(
         }
         for form, p in push.items()
     }
+
+    # What each asks of the base rate: the change in the yes log-odds from the Original's, its
+    # mean over the forget set (a shift a student can learn for every user at once) and how
+    # well it follows, sample by sample, the change Retrain shows.
+    def yes_log_odds(logp: torch.Tensor) -> np.ndarray:
+        two = logp.log_softmax(-1).numpy()
+        return two[:, 0] - two[:, 1]
+
+    wanted = yes_log_odds(retrain.double()[:, cols]) - yes_log_odds(orig)
+    asked = {
+        f: yes_log_odds(t.forced(SHIFT_ALPHA)) - yes_log_odds(orig) for f, t in teachers.items()
+    }
+    shifts = {
+        "retrain": {"mean_yes_shift": float(wanted.mean()), "corr_with_retrain": 1.0},
+        **{
+            f: {
+                "mean_yes_shift": float(a.mean()),
+                "corr_with_retrain": float(np.corrcoef(a, wanted)[0, 1]),
+            }
+            for f, a in asked.items()
+        },
+    }
     confidence = label_log_odds(orig)
     top = confidence >= np.quantile(confidence, 0.75)
     record = {
@@ -158,6 +183,8 @@ def main(
         "log_prob_push_rest": float(push["log-prob"][~top].mean()),
         "excess_most_confident_quarter": float(excess[top].mean()),
         "excess_rest": float(excess[~top].mean()),
+        "yes_shift_alpha": SHIFT_ALPHA,
+        "yes_shifts": shifts,
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "teacher_forms.json").write_text(json.dumps(record, indent=2))
@@ -191,6 +218,16 @@ def main(
         f"{record['log_prob_push_most_confident_quarter']:.3f} (their excess "
         f"{record['excess_most_confident_quarter']:.2f}); on the rest: "
         f"{record['log_prob_push_rest']:.3f} (excess {record['excess_rest']:.2f})",
+        "",
+        f"What each asks of the yes log-odds on the forget set (alpha {SHIFT_ALPHA:g}, change "
+        "from the Original's: the mean is a base-rate shift, the correlation how well it "
+        "follows Retrain's change sample by sample; Retrain's labelled 'retrain'):",
+        "",
+        *(
+            f"- {name}: mean shift {v['mean_yes_shift']:+.3f}, correlation with Retrain's "
+            f"{v['corr_with_retrain']:+.3f}"
+            for name, v in shifts.items()
+        ),
         "",
         f"Command: `{record['command']}`",
     ]
