@@ -131,12 +131,16 @@ def main(
     # Where the push lands: the label's log-odds, Original minus the teacher at alpha = 1 (the
     # push per unit strength), against the Original's excess label log-odds over Retrain's.
     sign = np.where(np.array(labels) == 1, 1.0, -1.0)
+    retrain_two = retrain.double()[:, cols]
+
+    def yes_log_odds(logp: torch.Tensor) -> np.ndarray:
+        two = logp.log_softmax(-1).numpy()
+        return two[:, 0] - two[:, 1]
 
     def label_log_odds(logp: torch.Tensor) -> np.ndarray:
-        two = logp.log_softmax(-1).numpy()
-        return sign * (two[:, 0] - two[:, 1])
+        return sign * yes_log_odds(logp)
 
-    excess = label_log_odds(orig) - label_log_odds(retrain.double()[:, cols])
+    excess = label_log_odds(orig) - label_log_odds(retrain_two)
     push = {f: label_log_odds(orig) - label_log_odds(t.forced(1.0)) for f, t in teachers.items()}
     placement = {
         form: {
@@ -149,11 +153,7 @@ def main(
     # What each asks of the base rate: the change in the yes log-odds from the Original's, its
     # mean over the forget set (a shift a student can learn for every user at once) and how
     # well it follows, sample by sample, the change Retrain shows.
-    def yes_log_odds(logp: torch.Tensor) -> np.ndarray:
-        two = logp.log_softmax(-1).numpy()
-        return two[:, 0] - two[:, 1]
-
-    wanted = yes_log_odds(retrain.double()[:, cols]) - yes_log_odds(orig)
+    wanted = yes_log_odds(retrain_two) - yes_log_odds(orig)
     asked = {
         f: yes_log_odds(t.forced(SHIFT_ALPHA)) - yes_log_odds(orig) for f, t in teachers.items()
     }
