@@ -36,7 +36,7 @@ import typer
 from bench.common import command_line, name_values
 from e2urec.backbones import Backbone, load_backbone
 from e2urec.data import Catalog, Sample, SampleConfig, Splits, load_dataset, make_splits
-from e2urec.evaluate import distances_to, evaluate, teacher_distances
+from e2urec.evaluate import Answers, distances_to, evaluate, teacher_distances
 from e2urec.model_store import load_model, read_manifest, save_model
 from e2urec.training import SCRATCH_PRESETS, TrainConfig, recipe_for, train_llmrec
 from e2urec.unlearn import METHODS, E2URecConfig, RunOptions, StopRule, UnlearnTask
@@ -45,8 +45,15 @@ from e2urec.unlearn import METHODS, E2URecConfig, RunOptions, StopRule, UnlearnT
 # forget set as its forgetting teacher. How close the student gets when its teacher is exact
 # separates what the student's step cannot do from what the teacher asks (--methods to run it).
 ORACLE = "e2urec (Retrain as teacher)"
+# A second diagnostic row: Retrain again, with another training seed (LoRA init, sample order).
+# Its distance to Retrain is what two exact retrainings differ by: the part of the Original's
+# distance that no unlearning method can be asked to close.
+TWIN = "retrain (another training seed)"
+TWIN_SEED_OFFSET = 1000
+TWIN_FOLDER = "retrain-twin"  # where --keep-models keeps it
+DIAGNOSTICS = (ORACLE, TWIN)
 # The paper's row order: the Original ("do nothing"), then the registry's methods.
-ORDER = ["original", *METHODS, ORACLE]
+ORDER = ["original", *METHODS, *DIAGNOSTICS]
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -138,7 +145,7 @@ def kept_model(models: Path | None, seed: int, name: str) -> Path | None:
 def check_kept_models(models: Path | None, seeds: list[int], args: dict) -> None:
     """Before anything trains: a kept model made under other settings is refused, not reused."""
     for seed in seeds:
-        for name in ("original", "retrain"):
+        for name in ("original", "retrain", TWIN_FOLDER):
             path = kept_model(models, seed, name)
             if path is None:
                 continue
@@ -178,27 +185,55 @@ def original_and_retrain(
         }
         _keep(models, seed, "original", original, facts["original"], args)
     if "retrain" not in loaded:
-        gold = METHODS["retrain"](
-            loaded["original"],
-            world.task,
-            RunOptions(
-                seed=seed,
-                progress=progress,
-                base_spec=args["backbone"],
-                train_config=world.train_cfg,
-                valid=world.valid,
-                bf16=world.train_cfg.bf16,
-            ),
+        loaded["retrain"], facts["retrain"] = _retrain(
+            world, args, seed, progress, original=loaded["original"]
         )
-        loaded["retrain"] = gold.backbone
-        facts["retrain"] = {
-            "seconds": gold.seconds,
-            "trainable_parameters": gold.trainable_parameters,
-            "total_parameters": gold.total_parameters,
-            "stopped": gold.stopped,
-        }
-        _keep(models, seed, "retrain", gold.backbone, facts["retrain"], args)
+        _keep(models, seed, "retrain", loaded["retrain"], facts["retrain"], args)
     return loaded["original"], facts["original"], loaded["retrain"], facts["retrain"]
+
+
+def retrain_twin(
+    world: World, args: dict, seed: int, progress: bool, models: Path | None, original: Backbone
+) -> tuple[Backbone, dict]:
+    """Retrain again on the same data with another training seed (kept like Retrain)."""
+    path = kept_model(models, seed, TWIN_FOLDER)
+    if path is not None:
+        twin, manifest = load_model(path)
+        print(f"[seed {seed}] {TWIN}: kept at {path}, not trained again", flush=True)
+        return twin, manifest["bench_facts"]
+    reseeded = replace(world.train_cfg, seed=world.train_cfg.seed + TWIN_SEED_OFFSET)
+    twin, facts = _retrain(world, args, seed, progress, original, reseeded)
+    _keep(models, seed, TWIN_FOLDER, twin, facts, args)
+    return twin, facts
+
+
+def _retrain(
+    world: World,
+    args: dict,
+    seed: int,
+    progress: bool,
+    original: Backbone,
+    train_cfg: TrainConfig | None = None,
+) -> tuple[Backbone, dict]:
+    gold = METHODS["retrain"](
+        original,
+        world.task,
+        RunOptions(
+            seed=seed,
+            progress=progress,
+            base_spec=args["backbone"],
+            train_config=train_cfg or world.train_cfg,
+            valid=world.valid,
+            bf16=world.train_cfg.bf16,
+        ),
+    )
+    facts = {
+        "seconds": gold.seconds,
+        "trainable_parameters": gold.trainable_parameters,
+        "total_parameters": gold.total_parameters,
+        "stopped": gold.stopped,
+    }
+    return gold.backbone, facts
 
 
 def _keep(
@@ -244,6 +279,8 @@ def run_seed(
             "total_parameters": total_parameters,
             "stopped": stopped,
         }
+        if twin_answers and name != TWIN:  # every row against the second Retrain as well
+            rows[name]["to_twin"] = distances_to(answers, twin_answers[0], answer_tokens)
         print(
             f"[seed {seed}] {name}: "
             + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
@@ -254,11 +291,18 @@ def run_seed(
             partial.write_text(json.dumps({"seed": seed, "rows": rows}, indent=2, default=str))
         return answers
 
+    answer_tokens = (original.format.yes_token, original.format.no_token)
+    twin_answers: list[Answers] = []
+    if TWIN in args["methods"]:  # first, so that every row is judged against both Retrains
+        twin, twin_facts = retrain_twin(world, args, seed, progress, models, original)
+        twin_answers.append(record(TWIN, twin, **twin_facts))
+        del twin
     base = record("original", original, **made)
     reference = record("retrain", retrained, **remade)
-    answer_tokens = (original.format.yes_token, original.format.no_token)
     rows["original"].update(distances_to(base, reference, answer_tokens))
     rows["retrain"].update(dict.fromkeys(distances_to(reference, reference, answer_tokens), 0.0))
+    if twin_answers:
+        rows[TWIN].update(distances_to(twin_answers[0], reference, answer_tokens))
     del retrained
 
     # The AUC bound is the worker gate's: 0.01 sat inside the noise of a 500-sample check.
@@ -283,6 +327,8 @@ def run_seed(
         if name == ORACLE:
             exact = replace(options, forget_targets=reference.forget)
             result = METHODS["e2urec"](original, task, exact)
+        elif name == TWIN:
+            continue  # trained and recorded above
         else:
             result = METHODS[name](original, task, options)
         record(
@@ -368,6 +414,7 @@ def write_table(results: dict[int, dict[str, dict]], out: Path, command: str) ->
             f"{cell(rows, 'seconds', 1.0)} | "
             f"{rows[0]['trainable_parameters']:.2e} |"
         )
+    lines += ["", *two_retrains(results)]
     lines += ["", *forgetting_checks(results), "", *claims(results), "", *forgetting(results)]
     seeds = ", ".join(map(str, results))
     device = "CUDA " + torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
@@ -392,13 +439,42 @@ def write_table(results: dict[int, dict[str, dict]], out: Path, command: str) ->
     return text
 
 
+def two_retrains(results: dict[int, dict[str, dict]]) -> list[str]:
+    """Every row's answer JSD to each of two exact retrainings (when the run trained the second):
+    one Retrain is one draw of what forgetting should give, and the two differ too."""
+    if not all(TWIN in r for r in results.values()):
+        return []
+    out = [
+        "Answer JSD (x100) to each Retrain, on the forget set and on held-out users; "
+        f"the second Retrain trained with seed + {TWIN_SEED_OFFSET}:",
+        "",
+        "| model | seed | forget: Retrain | forget: second | forget: mean | held-out: Retrain | "
+        "held-out: second |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for seed, r in results.items():
+        for name in ORDER:
+            if name not in r or name == TWIN:
+                continue
+            one, two = r[name], r[name].get("to_twin", {})
+            if "answer_jsd" not in two:
+                continue
+            pair = [100 * one["answer_jsd"], 100 * two["answer_jsd"]]
+            out.append(
+                f"| {name} | {seed} | {pair[0]:.2f} | {pair[1]:.2f} | {sum(pair) / 2:.2f} | "
+                f"{100 * one['heldout_answer_jsd']:.2f} | {100 * two['heldout_answer_jsd']:.2f} |"
+            )
+    return out
+
+
 def forgetting_checks(results: dict[int, dict[str, dict]]) -> list[str]:
     """Did E2URec forget? What the forgetting issue asks of the memorising table, per seed."""
     rs = list(results.values())
     if not all("retrain" in r and "original" in r for r in rs):
         return []
     oracle = all(ORACLE in r and "answer_jsd" in r[ORACLE] for r in rs)
-    if not (all("e2urec" in r for r in rs) or oracle):
+    twin = all(TWIN in r and "answer_jsd" in r[TWIN] for r in rs)
+    if not (all("e2urec" in r for r in rs) or oracle or twin):
         return []
     out = ["| forgetting check | " + " | ".join(f"seed {s}" for s in results) + " | mean | met |"]
     out.append("|" + "---|" * (len(results) + 3))
@@ -426,8 +502,32 @@ def forgetting_checks(results: dict[int, dict[str, dict]]) -> list[str]:
             "+.3f",
             each=True,
         )
+    if twin:
+        # Two exact retrainings differ too: the Original's distance above theirs is what
+        # training on the forget users added, and the most any method can be asked to close.
+        for key, where in (("answer_jsd", "forget"), ("heldout_answer_jsd", "held-out")):
+            row(
+                f"Retrain with another training seed: {where} answer JSD to Retrain - Original's, "
+                "x100 (< 0: the Original sits outside retraining's own spread)",
+                [100 * (r[TWIN][key] - r["original"][key]) for r in rs],
+                lambda v: v < 0,
+                "+.3f",
+                each=True,
+            )
     if not all("e2urec" in r for r in rs):
         return out
+    if all("to_twin" in r["e2urec"] and "to_twin" in r["original"] for r in rs):
+
+        def both(row: dict) -> float:  # the mean answer JSD to the two Retrains
+            return (row["answer_jsd"] + row["to_twin"]["answer_jsd"]) / 2
+
+        row(
+            "E2URec mean answer JSD to the two Retrains - Original's, x100 (< 0 on every seed)",
+            [100 * (both(r["e2urec"]) - both(r["original"])) for r in rs],
+            lambda v: v < 0,
+            "+.3f",
+            each=True,
+        )
     row(
         "E2URec: MIA gap closed (>= 0.5 on the mean)",
         [gap_closed(r, "e2urec", "mia_auc") for r in rs],
@@ -781,7 +881,7 @@ def main(
     # e2urec (answer), e2urec (all-linear): a pretrained base's plain e2urec already distils
     # the answer tokens alone with a student on every linear layer (fitted_like).
     skip = ["original", "retrain", "e2urec (uncached)", "e2urec (answer)", "e2urec (all-linear)"]
-    skip.append(ORACLE)  # a diagnostic, run when asked for
+    skip += DIAGNOSTICS  # run when asked for
     if backbone in SCRATCH_PRESETS:  # variants for a pretrained recipe's base
         skip += ["e2urec (vocab)", "e2urec (qv)"]
     all_methods = [m for m in ORDER if m not in skip]

@@ -183,12 +183,12 @@ def test_unlearn_lists_the_registry_and_refuses_an_unknown_method_before_loading
 
 
 def test_the_benchmark_takes_its_methods_from_the_same_registry():
-    from bench.paper_table import ORACLE, ORDER
+    from bench.paper_table import DIAGNOSTICS, ORDER
     from bench.paper_table import app as table
     from e2urec.unlearn import METHODS
 
-    # every method of the registry, and the table's one diagnostic row, which no user can run
-    assert ["original", *METHODS, ORACLE] == ORDER and ORACLE not in METHODS
+    # every method of the registry, and the table's diagnostic rows, which no user can run
+    assert ["original", *METHODS, *DIAGNOSTICS] == ORDER and not set(DIAGNOSTICS) & set(METHODS)
     result = CliRunner().invoke(table, ["--out", "/nonexistent/x", "--methods", "original"])
     assert result.exit_code == 2 and "e2urec" in result.output
     # E2URec settings are checked before anything trains, by name and by value
@@ -230,6 +230,7 @@ def test_a_kept_original_and_retrain_are_reused_and_only_under_their_own_setting
 ):
     """On SmolLM2 the Original and Retrain are 35-45 of a seed's 60 minutes: --keep-models lets
     the next E2URec variant skip them, and must give the very rows a fresh training gives."""
+    from bench.paper_table import TWIN
     from bench.paper_table import app as table
 
     models = tmp_path / "models"
@@ -241,13 +242,23 @@ def test_a_kept_original_and_retrain_are_reused_and_only_under_their_own_setting
     assert (models / "seed-0" / "original").is_dir() and (models / "seed-0" / "retrain").is_dir()
     # another unlearning method and budget: the same Original and Retrain serve it
     again = [*run, "--methods", "negkl", "--check-samples", "50", "--out", str(tmp_path / "b")]
-    second = CliRunner().invoke(table, again)
+    second = CliRunner().invoke(table, [*again, "--methods", TWIN])
     assert second.exit_code == 0, second.output
     assert "original: kept at" in second.output and "retrain: kept at" in second.output
     rows = [json.loads((tmp_path / d / "results.json").read_text())["results"]["0"] for d in "ab"]
-    assert rows[0]["original"] == rows[1]["original"]
-    assert rows[0]["retrain"] == rows[1]["retrain"]
+    for name in ("original", "retrain"):  # the same, bar their distance to the second Retrain
+        assert rows[0][name] == {k: v for k, v in rows[1][name].items() if k != "to_twin"}
     assert "negkl" in rows[1] and "neggrad" not in rows[1]
+    # Retrain again from another training seed: exact, yet not the same model as Retrain
+    twin = rows[1][TWIN]
+    assert twin["trainable_parameters"] == rows[1]["retrain"]["trainable_parameters"]
+    assert twin["answer_jsd"] > 0 and rows[1]["original"]["to_twin"]["answer_jsd"] > 0
+    # every row is judged against both Retrains; Retrain's distance to the second is the twin's
+    assert rows[1]["negkl"]["to_twin"]["answer_jsd"] > 0
+    assert rows[1]["retrain"]["to_twin"]["answer_jsd"] == pytest.approx(twin["answer_jsd"])
+    table_b = (tmp_path / "b" / "table.md").read_text()
+    assert "Retrain with another training seed" in table_b and "| negkl | 0 |" in table_b
+    assert (models / "seed-0" / "retrain-twin").is_dir()  # kept for the next run
     # the two-way answers' distance to Retrain beside the paper's full-vocabulary one
     assert {"answer_jsd", "answer_mass", "heldout_answer_jsd"} <= rows[0]["neggrad"].keys()
     assert rows[0]["original"]["answer_jsd"] > 0 and rows[0]["retrain"]["answer_jsd"] == 0

@@ -211,6 +211,59 @@ def test_given_forget_targets_replace_the_forgetting_teacher(trained):
     assert gap_after < 0.7 * gap_before, (gap_before, gap_after, result.history)
 
 
+def test_the_heldout_teacher_maps_forget_confidence_onto_never_trained_data():
+    """What an attacker compares: the label's log-odds on forget samples against never-trained
+    ones. The teacher matches their mean and spread, keeps each sample's rank, raises none, and
+    leaves the rest of the row alone."""
+    from e2urec.unlearn.teachers import centred, heldout_matched_logits
+
+    cols = [2, 5]
+    torch.manual_seed(0)
+    forget, heldout = torch.randn(40, 8), torch.randn(30, 8)
+    f_labels = [i % 2 for i in range(40)]
+    h_labels = [i % 3 == 0 for i in range(30)]
+    sign_f = torch.tensor([1.0 if y else -1.0 for y in f_labels])
+    sign_h = torch.tensor([1.0 if y else -1.0 for y in h_labels])
+    # memorised: the forget samples' labels 3 log-odds surer than the held-out samples'
+    forget[:, cols[0]] += 1.5 * sign_f
+    forget[:, cols[1]] -= 1.5 * sign_f
+    teacher = heldout_matched_logits(forget, f_labels, heldout, [int(y) for y in h_labels], cols)
+
+    def confidence(logits, sign):
+        return (sign * (logits[:, cols[0]] - logits[:, cols[1]])).double()
+
+    before, after = confidence(forget, sign_f), confidence(teacher, sign_f)
+    target = confidence(heldout, sign_h)
+    assert (after <= before + 1e-5).all()  # never surer than the original
+    assert after.mean() < before.mean() - 2.0
+    assert float(after.mean()) == pytest.approx(float(target.mean()), abs=0.3)  # bar clipping
+    assert float(after.std()) == pytest.approx(float(target.std()), rel=0.2)
+    assert torch.equal(after.argsort(), before.argsort())  # the original's order kept
+    rest = [c for c in range(8) if c not in cols]
+    torch.testing.assert_close(teacher[:, rest], centred(forget, cols)[:, rest])
+    with pytest.raises(ValueError, match="held-out users"):
+        heldout_matched_logits(forget, f_labels, heldout[:1], [1], cols)
+    with pytest.raises(ValueError, match="cache_teachers=True"):
+        E2URecConfig(teacher_form="held-out", cache_teachers=False)
+
+
+@pytest.mark.slow
+def test_the_heldout_teacher_needs_no_augmented_model_and_asks_for_forgetting(trained):
+    original, task = trained
+    cfg = E2URecConfig(
+        teacher_form="held-out",
+        forget_only_epochs=0,
+        stop=StopRule(max_epochs=1, max_valid_auc_drop=1.0, eval_samples=100),
+    )
+    result = e2urec_unlearn(original, task, cfg, progress=False)
+    assert result.details["augment"] is None and result.details["stage_seconds"]["augment"] < 0.1
+    losses = result.details["teacher_forget_loss"]
+    assert losses["forced"] > losses["original"], losses  # the teacher is less sure of labels
+    forced = result.teacher_answers.forced()
+    assert torch.equal(forced, result.teacher_answers.forced(32.0))  # no strength to turn
+    assert forced.shape == (len(task.forget), 2)
+
+
 def test_the_stop_rule_takes_its_loss_level_from_heldout_and_its_auc_from_valid(trained):
     from e2urec.unlearn.stopping import Monitor
 

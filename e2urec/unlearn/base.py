@@ -52,10 +52,15 @@ class TeacherAnswers:
     augmented: torch.Tensor
     alpha: float
     form: str = "log-prob"  # E2URecConfig.teacher_form
+    # A teacher not made by a push of strength alpha (the "held-out" form): its two-way answer
+    # log-probabilities, whatever the strength asked (``augmented`` is then the original's).
+    given: torch.Tensor | None = None
 
     def forced(self, alpha: float | None = None) -> torch.Tensor:
         """The forgetting teacher's two-way answer log-probabilities at ``alpha`` (default: the
         strength it used)."""
+        if self.given is not None:
+            return torch.log_softmax(self.given, -1)
         strength = self.alpha if alpha is None else alpha
         orig, aug = self.original, self.augmented
         if self.form == "margin":  # centred on the two answers: as forced_logits centres them

@@ -46,6 +46,7 @@ from e2urec.unlearn.teachers import (
     LazyTeacher,
     answer_logits_all,
     forced_logits,
+    heldout_matched_logits,
     soft_cross_entropy,
     vocab_size,
 )
@@ -175,7 +176,8 @@ def e2urec_unlearn(
         alpha: float | None = cfg.forget_strength
         augmented, aug = None, None
         mark = time.perf_counter()
-        if forget_targets is None:
+        matched = cfg.teacher_form == "held-out"  # read off held-out data: nothing to fit
+        if forget_targets is None and not matched:
             report("augment", 0, 1, None)  # each stage announces its start (timing, dashboards)
             augmented = train_augmented(
                 original,
@@ -194,6 +196,41 @@ def e2urec_unlearn(
             forced_f = torch.log_softmax(narrow(forget_targets.float()), -1)
             teacher_losses = {"forced": answer_log_loss(forced_f, task.forget, fmt)}
             alpha = None
+        elif matched:
+            orig_f = narrow(
+                answer_logits_all(original, forget_prompts, batch_size=cfg.eval_batch_size)
+            )
+            # the audit users the stop rule reads its held-out level from (else validation)
+            audit = monitor.heldout or monitor.valid
+            orig_h = narrow(
+                answer_logits_all(
+                    original,
+                    [catalog.prompt(s) for s in audit],
+                    batch_size=cfg.eval_batch_size,
+                )
+            )
+            forced_f = torch.log_softmax(
+                heldout_matched_logits(
+                    orig_f,
+                    [s.label for s in task.forget],
+                    orig_h,
+                    [s.label for s in audit],
+                    answer_cols,
+                ),
+                -1,
+            )
+            tables = {"original": orig_f, "forced": forced_f}
+            teacher_losses = {k: answer_log_loss(v, task.forget, fmt) for k, v in tables.items()}
+            first = torch.log_softmax(orig_f, -1)[:, answer_cols]
+            teacher_answers = TeacherAnswers(
+                original=first,
+                augmented=first,
+                alpha=0.0,
+                form=cfg.teacher_form,
+                given=forced_f[:, answer_cols],
+            )
+            alpha = None
+            del tables, orig_f, orig_h
         elif cfg.cache_teachers or cfg.calibrate_strength:
             orig_f = narrow(
                 answer_logits_all(original, forget_prompts, batch_size=cfg.eval_batch_size)

@@ -35,13 +35,16 @@ class E2URecConfig:
     forget-set loss reaches the held-out level: with the paper's fixed alpha = 2 the teacher
     asked for less than a retrained model shows whenever the original had memorised."""
     forget_strength_max: float = 32.0
-    teacher_form: Literal["log-prob", "margin"] = "log-prob"
+    teacher_form: Literal["log-prob", "margin", "held-out"] = "log-prob"
     """How ``aug - orig`` is measured. "log-prob" (this project's reading of the paper): the
     change in log-probability, which saturates where the original is already sure of the label,
     i.e. on the samples it memorised hardest. "margin": the change in the answer's log-odds
     (logits centred on the two answer tokens). On a memorising SmolLM2 the log-prob teacher came
     no closer to Retrain's answers than answer JSD 4.76 (the original: 5.07), the margin one
-    3.61 (bench/results/ml1m-memorising-smollm2-bf16-teacher)."""
+    3.61 (bench/results/ml1m-memorising-smollm2-bf16-teacher). "held-out" (this project's, not
+    the paper's): no augmented model; the original's confidence in each forget sample's label is
+    mapped onto its confidence on never-trained held-out samples (``heldout_matched_logits``),
+    so the teacher asks for what an attacker would see of data the model never trained on."""
 
     # -- the loss: w * remember + (1 - w) * forget --
     remember_weight: float = 0.6
@@ -129,9 +132,14 @@ class E2URecConfig:
                 f"forget_strength_max ({self.forget_strength_max}) must be >= forget_strength "
                 f"({self.forget_strength})"
             )
-        if self.teacher_form not in ("log-prob", "margin"):
+        if self.teacher_form not in ("log-prob", "margin", "held-out"):
             raise ValueError(
-                f"teacher_form must be 'log-prob' or 'margin', got {self.teacher_form!r}"
+                "teacher_form must be 'log-prob', 'margin' or 'held-out', "
+                f"got {self.teacher_form!r}"
+            )
+        if self.teacher_form == "held-out" and not self.cache_teachers:
+            raise ValueError(
+                "teacher_form 'held-out' is a table of the teacher: set cache_teachers=True"
             )
         if self.distill not in ("vocab", "answer"):
             raise ValueError(f"distill must be 'vocab' or 'answer', got {self.distill!r}")

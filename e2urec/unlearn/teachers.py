@@ -62,6 +62,46 @@ def push_down(orig_logp: torch.Tensor, aug_logp: torch.Tensor, alpha: float) -> 
     return orig_logp - alpha * torch.relu(aug_logp - orig_logp)
 
 
+def heldout_matched_logits(
+    orig_forget: torch.Tensor,
+    forget_labels: Sequence[int],
+    orig_heldout: torch.Tensor,
+    heldout_labels: Sequence[int],
+    answer_cols: list[int],
+) -> torch.Tensor:
+    """The "held-out" forgetting teacher: the original's answers on the forget set, with each
+    sample's confidence in its own label mapped onto the original's confidence on samples it
+    never trained on (the audit users), and never raised.
+
+    Confidence is the label's log-odds over the two answers. The forget set's are shifted and
+    scaled so that their mean and spread match the held-out samples' (a loss-threshold attack
+    then sees the two alike), and each sample keeps its rank, so the teacher still prefers what
+    the original prefers among the forget samples. No augmented model: what training on the
+    forget set added is read off the original's gap to never-trained data, not estimated by
+    training more on it. Returns the forget rows' logits, centred on the answer columns (the
+    rest of each row unchanged up to that shift)."""
+    if len(orig_heldout) < 2:
+        raise ValueError(
+            f"the held-out teacher needs the original's answers on at least 2 held-out samples, "
+            f"got {len(orig_heldout)}; give the task held-out users (UnlearnTask.heldout) or "
+            "validation samples"
+        )
+
+    def label_log_odds(logits: torch.Tensor, labels: Sequence[int]) -> torch.Tensor:
+        sign = torch.tensor([1.0 if y == 1 else -1.0 for y in labels], dtype=torch.float64)
+        yes, no = logits[:, answer_cols[0]].double(), logits[:, answer_cols[1]].double()
+        return sign * (yes - no), sign
+
+    x, sign = label_log_odds(orig_forget, forget_labels)
+    h, _ = label_log_odds(orig_heldout, heldout_labels)
+    spread = h.std() / x.std().clamp_min(1e-6) if len(x) > 1 else torch.tensor(1.0)
+    mapped = torch.minimum(x, h.mean() + (x - x.mean()) * spread)
+    out = centred(orig_forget.float(), answer_cols)
+    half = (sign * mapped / 2).float()  # centred: yes = m / 2, no = -m / 2 for yes log-odds m
+    out[:, answer_cols[0]], out[:, answer_cols[1]] = half, -half
+    return out
+
+
 def soft_cross_entropy(teacher_logp: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
     """KL(teacher || student) up to the teacher's entropy (a constant): ``-sum p_t log q_s``,
     averaged over the batch. The paper's code calls this term KL."""
