@@ -341,9 +341,15 @@ def run_seed(
             reference,
         )
         if result.teacher_answers is not None:  # E2URec: is its teacher closer than doing nothing?
+            labels = [s.label for s in splits.forget]
             rows[name]["teacher"] = teacher_distances(
-                result.teacher_answers, reference, answer_tokens, [s.label for s in splits.forget]
+                result.teacher_answers, reference, answer_tokens, labels
             )
+            if twin_answers:  # and from the second Retrain
+                second = teacher_distances(
+                    result.teacher_answers, twin_answers[0], answer_tokens, labels
+                )
+                rows[name]["teacher"]["to_twin"] = {"answer_jsd": second["answer_jsd"]}
         rows[name]["peak_memory_bytes"] = result.peak_memory_bytes
         rows[name]["history"] = result.history
         rows[name]["details"] = result.details

@@ -242,7 +242,7 @@ def test_a_kept_original_and_retrain_are_reused_and_only_under_their_own_setting
     assert (models / "seed-0" / "original").is_dir() and (models / "seed-0" / "retrain").is_dir()
     # another unlearning method and budget: the same Original and Retrain serve it
     again = [*run, "--methods", "negkl", "--check-samples", "50", "--out", str(tmp_path / "b")]
-    second = CliRunner().invoke(table, [*again, "--methods", TWIN])
+    second = CliRunner().invoke(table, [*again, "--methods", TWIN, "--methods", "e2urec"])
     assert second.exit_code == 0, second.output
     assert "original: kept at" in second.output and "retrain: kept at" in second.output
     rows = [json.loads((tmp_path / d / "results.json").read_text())["results"]["0"] for d in "ab"]
@@ -255,6 +255,7 @@ def test_a_kept_original_and_retrain_are_reused_and_only_under_their_own_setting
     assert twin["answer_jsd"] > 0 and rows[1]["original"]["to_twin"]["answer_jsd"] > 0
     # every row is judged against both Retrains; Retrain's distance to the second is the twin's
     assert rows[1]["negkl"]["to_twin"]["answer_jsd"] > 0
+    assert rows[1]["e2urec"]["teacher"]["to_twin"]["answer_jsd"] > 0  # its teacher's, too
     assert rows[1]["retrain"]["to_twin"]["answer_jsd"] == pytest.approx(twin["answer_jsd"])
     table_b = (tmp_path / "b" / "table.md").read_text()
     assert "Retrain with another training seed" in table_b and "| negkl | 0 |" in table_b
