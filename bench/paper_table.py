@@ -26,6 +26,7 @@ import platform
 import random
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated
@@ -165,46 +166,63 @@ def original_and_retrain(
     training stopped): loaded where ``models`` kept them, else trained (and kept there). On
     SmolLM2 the two take 35-45 of a seed's 60 minutes; kept, a new E2URec variant costs only
     its own."""
-    facts: dict[str, dict] = {}
-    loaded: dict[str, Backbone] = {}
-    for name in ("original", "retrain"):
-        path = kept_model(models, seed, name)
-        if path is not None:
-            loaded[name], manifest = load_model(path)
-            facts[name] = manifest["bench_facts"]
-            print(f"[seed {seed}] {name}: kept at {path}, not trained again", flush=True)
-    if "original" not in loaded:
+
+    def trained_original() -> tuple[Backbone, dict]:
         original, seconds = train_original(world, args["backbone"], seed, progress)
         n = original.parameter_count()
-        loaded["original"] = original
-        facts["original"] = {
+        facts = {
             "seconds": seconds,
             "trainable_parameters": n,
             "total_parameters": n,
             "stopped": "trained",
         }
-        _keep(models, seed, "original", original, facts["original"], args)
-    if "retrain" not in loaded:
-        loaded["retrain"], facts["retrain"] = _retrain(
-            world, args, seed, progress, original=loaded["original"]
-        )
-        _keep(models, seed, "retrain", loaded["retrain"], facts["retrain"], args)
-    return loaded["original"], facts["original"], loaded["retrain"], facts["retrain"]
+        return original, facts
+
+    original, made = kept_or_made(models, seed, "original", "original", args, trained_original)
+    retrained, remade = kept_or_made(
+        models,
+        seed,
+        "retrain",
+        "retrain",
+        args,
+        lambda: _retrain(world, args, seed, progress, original),
+    )
+    return original, made, retrained, remade
 
 
 def retrain_twin(
     world: World, args: dict, seed: int, progress: bool, models: Path | None, original: Backbone
 ) -> tuple[Backbone, dict]:
     """Retrain again on the same data with another training seed (kept like Retrain)."""
-    path = kept_model(models, seed, TWIN_FOLDER)
-    if path is not None:
-        twin, manifest = load_model(path)
-        print(f"[seed {seed}] {TWIN}: kept at {path}, not trained again", flush=True)
-        return twin, manifest["bench_facts"]
     reseeded = replace(world.train_cfg, seed=world.train_cfg.seed + TWIN_SEED_OFFSET)
-    twin, facts = _retrain(world, args, seed, progress, original, reseeded)
-    _keep(models, seed, TWIN_FOLDER, twin, facts, args)
-    return twin, facts
+    return kept_or_made(
+        models,
+        seed,
+        TWIN_FOLDER,
+        TWIN,
+        args,
+        lambda: _retrain(world, args, seed, progress, original, reseeded),
+    )
+
+
+def kept_or_made(
+    models: Path | None,
+    seed: int,
+    folder: str,
+    name: str,
+    args: dict,
+    make: Callable[[], tuple[Backbone, dict]],
+) -> tuple[Backbone, dict]:
+    """A reference model and its facts: loaded where ``models`` kept it in ``folder``, else
+    made (trained) and kept there."""
+    path = kept_model(models, seed, folder)
+    if path is not None:
+        backbone, manifest = load_model(path)
+        print(f"[seed {seed}] {name}: kept at {path}, not trained again", flush=True)
+        return backbone, manifest["bench_facts"]
+    backbone, facts = make()
+    _keep(models, seed, folder, backbone, facts, args)
+    return backbone, facts
 
 
 def _retrain(
@@ -279,8 +297,8 @@ def run_seed(
             "total_parameters": total_parameters,
             "stopped": stopped,
         }
-        if twin_answers and name != TWIN:  # every row against the second Retrain as well
-            rows[name]["to_twin"] = distances_to(answers, twin_answers[0], answer_tokens)
+        if twin_answers is not None:  # every row after the second Retrain, against it too
+            rows[name]["to_twin"] = distances_to(answers, twin_answers, answer_tokens)
         print(
             f"[seed {seed}] {name}: "
             + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
@@ -292,17 +310,17 @@ def run_seed(
         return answers
 
     answer_tokens = (original.format.yes_token, original.format.no_token)
-    twin_answers: list[Answers] = []
+    twin_answers: Answers | None = None  # read by record() once set
     if TWIN in args["methods"]:  # first, so that every row is judged against both Retrains
         twin, twin_facts = retrain_twin(world, args, seed, progress, models, original)
-        twin_answers.append(record(TWIN, twin, **twin_facts))
+        twin_answers = record(TWIN, twin, **twin_facts)
         del twin
     base = record("original", original, **made)
     reference = record("retrain", retrained, **remade)
     rows["original"].update(distances_to(base, reference, answer_tokens))
     rows["retrain"].update(dict.fromkeys(distances_to(reference, reference, answer_tokens), 0.0))
-    if twin_answers:
-        rows[TWIN].update(distances_to(twin_answers[0], reference, answer_tokens))
+    if twin_answers is not None:
+        rows[TWIN].update(distances_to(twin_answers, reference, answer_tokens))
     del retrained
 
     # The AUC bound is the worker gate's: 0.01 sat inside the noise of a 500-sample check.
@@ -345,9 +363,9 @@ def run_seed(
             rows[name]["teacher"] = teacher_distances(
                 result.teacher_answers, reference, answer_tokens, labels
             )
-            if twin_answers:  # and from the second Retrain
+            if twin_answers is not None:  # and from the second Retrain
                 second = teacher_distances(
-                    result.teacher_answers, twin_answers[0], answer_tokens, labels
+                    result.teacher_answers, twin_answers, answer_tokens, labels
                 )
                 rows[name]["teacher"]["to_twin"] = {"answer_jsd": second["answer_jsd"]}
         rows[name]["peak_memory_bytes"] = result.peak_memory_bytes

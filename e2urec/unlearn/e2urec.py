@@ -171,6 +171,10 @@ def e2urec_unlearn(
         answer_cols = [fmt.yes_token, fmt.no_token]
         centre = answer_cols if cfg.teacher_form == "margin" else None
         narrow = (lambda x: answer_only(x, fmt)) if cfg.distill == "answer" else (lambda x: x)
+
+        def logits_of(model: Backbone, prompts: list) -> torch.Tensor:  # narrowed, one pass
+            return narrow(answer_logits_all(model, prompts, batch_size=cfg.eval_batch_size))
+
         teacher_losses: dict[str, float] = {}
         teacher_answers: TeacherAnswers | None = None
         alpha: float | None = cfg.forget_strength
@@ -197,45 +201,33 @@ def e2urec_unlearn(
             teacher_losses = {"forced": answer_log_loss(forced_f, task.forget, fmt)}
             alpha = None
         elif matched:
-            orig_f = narrow(
-                answer_logits_all(original, forget_prompts, batch_size=cfg.eval_batch_size)
-            )
+            orig_f = logits_of(original, forget_prompts)
             # the audit users the stop rule reads its held-out level from (else validation)
-            audit = monitor.heldout or monitor.valid
-            orig_h = narrow(
-                answer_logits_all(
-                    original,
-                    [catalog.prompt(s) for s in audit],
-                    batch_size=cfg.eval_batch_size,
-                )
+            if monitor.heldout:
+                audit, audit_labels = monitor.heldout_prompts, monitor.heldout_labels
+            else:
+                audit, audit_labels = monitor.valid_prompts, [s.label for s in monitor.valid]
+            matched_f = heldout_matched_logits(
+                orig_f,
+                [s.label for s in task.forget],
+                logits_of(original, audit),
+                audit_labels,
+                answer_cols,
             )
-            forced_f = torch.log_softmax(
-                heldout_matched_logits(
-                    orig_f,
-                    [s.label for s in task.forget],
-                    orig_h,
-                    [s.label for s in audit],
-                    answer_cols,
-                ),
-                -1,
-            )
-            tables = {"original": orig_f, "forced": forced_f}
-            teacher_losses = {k: answer_log_loss(v, task.forget, fmt) for k, v in tables.items()}
-            first = torch.log_softmax(orig_f, -1)[:, answer_cols]
+            forced_f = torch.log_softmax(matched_f, -1)
+            teacher_losses = {
+                "original": answer_log_loss(orig_f, task.forget, fmt),
+                "forced": answer_log_loss(forced_f, task.forget, fmt),
+            }
+            own = torch.log_softmax(orig_f, -1)[:, answer_cols]
             teacher_answers = TeacherAnswers(
-                original=first,
-                augmented=first,
-                alpha=0.0,
-                form=cfg.teacher_form,
-                given=forced_f[:, answer_cols],
+                own, own, 0.0, cfg.teacher_form, given=forced_f[:, answer_cols]
             )
             alpha = None
-            del tables, orig_f, orig_h
+            del orig_f, matched_f
         elif cfg.cache_teachers or cfg.calibrate_strength:
-            orig_f = narrow(
-                answer_logits_all(original, forget_prompts, batch_size=cfg.eval_batch_size)
-            )
-            aug_f = narrow(answer_logits_all(aug, forget_prompts, batch_size=cfg.eval_batch_size))
+            orig_f = logits_of(original, forget_prompts)
+            aug_f = logits_of(aug, forget_prompts)
             if cfg.calibrate_strength:
                 level = reference.heldout_loss
                 alpha = calibrated_alpha(
