@@ -129,7 +129,14 @@ def train_original(
 
 # Settings that only the unlearning rows and the evaluation read: a kept Original or Retrain
 # (--keep-models) serves any run that differs from its own in these alone.
-_NOT_TRAINING = ("check_samples", "unlearn_epochs", "max_auc_drop", "eval_samples", "methods")
+_NOT_TRAINING = (
+    "check_samples",
+    "unlearn_epochs",
+    "max_auc_drop",
+    "stop_level",
+    "eval_samples",
+    "methods",
+)
 
 
 def trained_with(args: dict, seed: int) -> dict[str, str]:
@@ -328,6 +335,7 @@ def run_seed(
         max_epochs=args["unlearn_epochs"],
         eval_samples=args["check_samples"],
         max_valid_auc_drop=args["max_auc_drop"],
+        level=args.get("stop_level", "own"),
     )
 
     options = RunOptions(
@@ -853,6 +861,13 @@ def main(
     max_auc_drop: Annotated[
         float, typer.Option(help="stop rule: revert when validation AUC falls more than this")
     ] = 0.02,
+    stop_level: Annotated[
+        str,
+        typer.Option(
+            help="stop rule: whose held-out loss the forget loss should reach, 'own' (the "
+            "checked model's) or 'original' (the untouched model's, fixed)"
+        ),
+    ] = "own",
     eval_samples: Annotated[int, typer.Option(help="test samples scored per model")] = 4000,
     check_samples: Annotated[
         int, typer.Option(help="forget/valid samples per stop-rule check")
@@ -898,6 +913,10 @@ def main(
             param_hint="--methods",
         )
     e2urec_settings = parse_e2urec_settings(e2urec_setting or [])
+    try:  # before any training, like the methods
+        StopRule(level=stop_level)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--stop-level") from None
     if backbone in SCRATCH_PRESETS:  # the paper's schedule: at most 5 epochs at 2e-3
         epochs = 5 if epochs is None else epochs
         lr = 2e-3 if lr is None else lr
@@ -934,6 +953,8 @@ def main(
     }
     if e2urec_settings:  # recorded only when given: earlier results files stay resumable
         args["e2urec_settings"] = e2urec_settings
+    if stop_level != "own":  # the same
+        args["stop_level"] = stop_level
     check_kept_models(keep_models, seeds, args)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[int, dict[str, dict]] = {}

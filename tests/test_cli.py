@@ -180,6 +180,10 @@ def test_unlearn_lists_the_registry_and_refuses_an_unknown_method_before_loading
         "unlearn", "--model", missing, "--data", missing, "--out", missing, "--users", "1,a"
     )
     assert users.exit_code == 2 and "comma-separated user ids" in users.output
+    level = run(
+        "unlearn", "--model", missing, "--data", missing, "--out", missing, "--stop-level", "x"
+    )
+    assert level.exit_code == 2 and "'original'" in level.output
 
 
 def test_the_benchmark_takes_its_methods_from_the_same_registry():
@@ -196,6 +200,8 @@ def test_the_benchmark_takes_its_methods_from_the_same_registry():
     for bad, says in [*wrong, ("teacher_form=logit", "margin")]:
         result = CliRunner().invoke(table, ["--out", "/nonexistent/x", "--e2urec-setting", bad])
         assert result.exit_code == 2 and says in result.output, result.output
+    result = CliRunner().invoke(table, ["--out", "/nonexistent/x", "--stop-level", "retrain"])
+    assert result.exit_code == 2 and "'own'" in result.output, result.output
 
 
 def test_a_stopped_benchmark_run_is_tabulated_from_its_partial_rows(tmp_path: Path):
@@ -240,12 +246,15 @@ def test_a_kept_original_and_retrain_are_reused_and_only_under_their_own_setting
     first = CliRunner().invoke(table, [*run, "--methods", "neggrad", "--out", str(tmp_path / "a")])
     assert first.exit_code == 0, first.output
     assert (models / "seed-0" / "original").is_dir() and (models / "seed-0" / "retrain").is_dir()
-    # another unlearning method and budget: the same Original and Retrain serve it
+    # another unlearning method, budget and stop level: the same Original and Retrain serve it
     again = [*run, "--methods", "negkl", "--check-samples", "50", "--out", str(tmp_path / "b")]
+    again += ["--stop-level", "original"]
     second = CliRunner().invoke(table, [*again, "--methods", TWIN, "--methods", "e2urec"])
     assert second.exit_code == 0, second.output
     assert "original: kept at" in second.output and "retrain: kept at" in second.output
-    rows = [json.loads((tmp_path / d / "results.json").read_text())["results"]["0"] for d in "ab"]
+    saved = [json.loads((tmp_path / d / "results.json").read_text()) for d in "ab"]
+    rows = [s["results"]["0"] for s in saved]
+    assert "stop_level" not in saved[0]["args"] and saved[1]["args"]["stop_level"] == "original"
     for name in ("original", "retrain"):  # the same, bar their distance to the second Retrain
         assert rows[0][name] == {k: v for k, v in rows[1][name].items() if k != "to_twin"}
     assert "negkl" in rows[1] and "neggrad" not in rows[1]

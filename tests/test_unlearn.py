@@ -482,23 +482,34 @@ def test_a_warm_started_student_begins_as_the_serving_model(trained, tmp_path):
 class _ScriptedMonitor:
     """Plays back a list of checks (a unit test of the loop's logic, not of a model)."""
 
-    def __init__(self, checks):
+    def __init__(self, checks, level="own"):
         from e2urec.unlearn.stopping import Monitor
 
         self.checks = list(checks)
-        self.rule = StopRule(max_epochs=4, max_valid_auc_drop=0.02)
-        self._decide = Monitor.decide
+        self.rule = StopRule(max_epochs=4, max_valid_auc_drop=0.02, level=level)
         self.seen = 0
+        # the real rule's logic, on played-back checks
+        self.level, self.distance, self.decide = (
+            getattr(Monitor, f).__get__(self) for f in ("level", "distance", "decide")
+        )
 
     def check(self, view):
         self.seen += 1
         return self.checks.pop(0)
 
-    def decide(self, check, reference_auc):
-        return self._decide(self, check, reference_auc)
+
+# The untouched model's check where a test does not say: far from the held-out level, so
+# keep_best never keeps it.
+_FAR = (0.10, 0.66, 0.7)
 
 
-def _loop(checks, reference=None, autocast_seen: list[bool] | None = None, **config):
+def _loop(
+    checks,
+    reference=_FAR,
+    autocast_seen: list[bool] | None = None,
+    level: str = "own",
+    **config,
+):
     from e2urec.backbones import Backbone
     from e2urec.unlearn.loop import LoopConfig, unlearning_loop
     from e2urec.unlearn.stopping import Check
@@ -507,7 +518,7 @@ def _loop(checks, reference=None, autocast_seen: list[bool] | None = None, **con
     with torch.no_grad():
         model.weight.zero_()
     view = Backbone(model, None, "test", {})
-    monitor = _ScriptedMonitor(Check(*c) for c in checks)
+    monitor = _ScriptedMonitor((Check(*c) for c in checks), level)
     steps: list[bool] = []
 
     def step(idx, ridx):
@@ -526,12 +537,11 @@ def _loop(checks, reference=None, autocast_seen: list[bool] | None = None, **con
         n_retain=8,
         step=step,
         monitor=monitor,
-        reference_auc=0.7,
+        reference=Check(*reference),
         cfg=cfg,
         history=history,
         name="test",
         progress=False,
-        reference=reference,
     )
     return stopped, steps, history, model.weight.detach().clone()
 
@@ -553,11 +563,9 @@ def test_the_loop_checks_during_forget_only_epochs_then_repairs_and_keeps_the_be
 def test_keep_best_keeps_the_untouched_model_when_training_only_moved_away_from_the_level():
     """A user the model never memorised: the untouched model already sat at the held-out level
     (forget 0.58 vs 0.57); training overshot (0.80 vs 0.60). The loop ends where it began."""
-    from e2urec.unlearn.stopping import Check
-
     stopped, steps, history, weight = _loop(
         [(0.80, 0.60, 0.7)],
-        reference=Check(0.58, 0.57, 0.7),
+        reference=(0.58, 0.57, 0.7),
         forget_only_epochs=0,
         checks_per_epoch=1,
         keep_best=True,
@@ -565,11 +573,33 @@ def test_keep_best_keeps_the_untouched_model_when_training_only_moved_away_from_
     assert steps == [True, True]  # it did train (one epoch of two batches) before judging
     assert history[-1]["kept"]["epoch"] == 0 and "kept the check" in stopped
     assert float(weight.abs().max()) == 0.0  # the untouched weights, not the trained ones
-    # Without the reference, the same run keeps what it trained.
+    # Where the untouched model was far from the level, the same run keeps what it trained.
     _, _, _, trained = _loop(
         [(0.80, 0.60, 0.7)], forget_only_epochs=0, checks_per_epoch=1, keep_best=True
     )
     assert float(trained.mean()) > 0.1
+
+
+def test_the_original_level_does_not_rise_with_a_model_that_grows_unsure_everywhere():
+    """SmolLM2's default schedule, as its checks recorded it (forget, held-out; the untouched
+    model 0.51 / 0.76): forget-only steps raised both losses, so judged against its own
+    held-out loss the run kept the last check (0.98 / 1.00), where the attack saw the forget
+    set as *less* familiar than never-trained data. Against the original's fixed level it stops
+    when the forget loss first passes 0.76 and keeps the check nearest that level on both."""
+    checks = [(0.717, 0.747, 0.7), (0.889, 0.847, 0.7), (0.982, 1.005, 0.7)]
+    schedule = dict(forget_only_epochs=2, checks_per_epoch=1, repair_steps=2, keep_best=True)
+    untouched = (0.5145, 0.7619, 0.7)
+    own, _, own_history, _ = _loop(checks, reference=untouched, **schedule)
+    assert own_history[-1]["kept"]["forget_loss"] == pytest.approx(0.982)
+    stopped, steps, history, _ = _loop(checks, reference=untouched, level="original", **schedule)
+    assert "reached the original's held-out level 0.7619" in stopped
+    assert steps == [False] * 4 + [True] * 2  # stopped at the same point: only the kept differs
+    assert history[-1]["kept"]["forget_loss"] == pytest.approx(0.717)
+
+
+def test_a_stop_level_that_is_not_known_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="'own'.*'original'"):
+        StopRule(level="retrain")
 
 
 def test_without_keep_best_the_loop_stops_at_the_level_as_before():

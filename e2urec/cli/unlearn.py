@@ -70,6 +70,13 @@ def unlearn(
     check_samples: Annotated[
         int, typer.Option(help="forget/valid samples per stop-rule check")
     ] = 1000,
+    stop_level: Annotated[
+        str,
+        typer.Option(
+            help="stop rule: whose held-out loss the forget loss should reach, 'own' (the "
+            "checked model's) or 'original' (the untouched model's, fixed)"
+        ),
+    ] = "own",
     eval_samples: Annotated[int, typer.Option(help="test samples scored before/after")] = 2000,
     seed: int = 0,
     device: Annotated[
@@ -92,6 +99,12 @@ def unlearn(
         console.print(table)
         return
     chosen = get_method(method)  # before anything is loaded: a typo costs nothing
+    from e2urec.unlearn import StopRule
+
+    try:
+        StopRule(level=stop_level)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--stop-level") from None
     forget_users = _parse_users(users)
     if out.exists() and not force:
         raise FileExistsError(f"{out} already exists; choose another folder or pass --force")
@@ -100,7 +113,7 @@ def unlearn(
     from e2urec.evaluate import evaluate
     from e2urec.model_store import load_model
     from e2urec.training import TrainConfig
-    from e2urec.unlearn import RunOptions, StopRule, UnlearnTask
+    from e2urec.unlearn import RunOptions, UnlearnTask
 
     prepared = load_prepared(data)
     splits, catalog = prepared.splits, prepared.catalog
@@ -126,7 +139,10 @@ def unlearn(
     train_config = TrainConfig(**manifest["train_config"]) if "train_config" in manifest else None
     options = RunOptions(
         stop=StopRule(
-            max_epochs=max_epochs, max_valid_auc_drop=max_auc_drop, eval_samples=check_samples
+            max_epochs=max_epochs,
+            max_valid_auc_drop=max_auc_drop,
+            eval_samples=check_samples,
+            level=stop_level,
         ),
         seed=seed,
         base_spec=manifest.get("backbone"),

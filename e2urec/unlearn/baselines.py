@@ -107,7 +107,7 @@ def _finetune(
             n_retain=len(task.retain),
             step=make_step(ctx),
             monitor=monitor,
-            reference_auc=reference.valid_auc,
+            reference=reference,
             cfg=cfg.loop(),
             history=history,
             name=name,

@@ -316,11 +316,10 @@ def e2urec_unlearn(
                 n_retain=len(task.retain),
                 step=step,
                 monitor=monitor,
-                reference_auc=reference.valid_auc,
+                reference=reference,
                 cfg=cfg.loop(len(task.forget)),
                 history=history,
                 name="e2urec",
-                reference=reference,
                 progress=progress,
                 on_step=lambda epoch, i, n, loss: report(
                     "unlearn", (epoch - 1) * n + i, cfg.stop.max_epochs * n, loss

@@ -105,20 +105,20 @@ def unlearning_loop(
     n_retain: int,
     step: StepFn,
     monitor: Monitor,
-    reference_auc: float,
+    reference: Check,
     cfg: LoopConfig,
     history: list[dict],
     name: str,
     progress: bool = True,
     on_step: ProgressFn | None = None,
-    reference: Check | None = None,
 ) -> str:
     """Train ``trainable`` with ``step`` until the stop rule fires; returns why it stopped.
 
     ``keep`` selects the state-dict entries snapshotted for a revert (the adapter's, or all).
-    ``reference`` is the check of the untouched model: with ``keep_best`` it is a candidate too,
-    so a model that already sat at the held-out level (a user it never memorised) is not
-    pushed past it and kept there.
+    ``reference`` is the check of the untouched model: the AUC bound and (stop level
+    "original") the held-out level are its; with ``keep_best`` it is a candidate too, so a model
+    that already sat at the held-out level (a user it never memorised) is not pushed past it
+    and kept there.
     """
     model = view.model
     rng = random.Random(cfg.seed)
@@ -132,9 +132,9 @@ def unlearning_loop(
 
     good = snapshot()
     best: tuple[float, dict[str, torch.Tensor], dict] | None = None  # (distance, state, check)
-    if cfg.keep_best and reference is not None:
+    if cfg.keep_best:
         untouched = {"epoch": 0, "batch": 0, "mixed": False, **reference.as_dict()}
-        best = (abs(reference.gap - cfg.stop.forget_margin), good, untouched)
+        best = (monitor.distance(reference, reference), good, untouched)
     repair_left: int | None = None  # counting down once the repair phase began
     begun = ""  # why the repair phase began
 
@@ -182,7 +182,7 @@ def unlearning_loop(
                     f"{name} epoch {epoch} batch {i}: forget loss {check.forget_loss:.4f}, "
                     f"held-out {check.heldout_loss:.4f}, valid AUC {check.valid_auc:.4f}"
                 )
-            reason = monitor.decide(check, reference_auc)
+            reason = monitor.decide(check, reference)
             if reason and reason.startswith("revert:"):
                 bar.close()
                 if cfg.keep_best and best is not None:
@@ -190,7 +190,7 @@ def unlearning_loop(
                 model.load_state_dict(good, strict=False)
                 return reason + " (reverted to the last check that passed)"
             good = snapshot()
-            distance = abs(check.gap - cfg.stop.forget_margin)
+            distance = monitor.distance(check, reference)
             if cfg.keep_best and (best is None or distance < best[0]):
                 best = (distance, good, point)
             if repaired:

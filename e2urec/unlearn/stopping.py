@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from e2urec.backbones import Backbone
 from e2urec.data.prepared import Catalog
@@ -27,6 +27,20 @@ class StopRule:
     max_valid_auc_drop: float = 0.01
     forget_margin: float = 0.0  # stop when forget loss >= held-out loss - margin
     eval_samples: int = 2000  # subsample of forget and valid used for the checks
+    level: Literal["own", "original"] = "own"
+    """Whose held-out loss the forget loss should reach. "own": the checked model's, which
+    moves as it trains: a step that made every user less familiar raised the level with the
+    forget loss, and on SmolLM2 the kept check had pushed the forget set *past* never-trained
+    data (attack AUC 0.24). "original": the untouched model's, fixed, and a check is then
+    judged by how far both its forget and its held-out loss sit from that level, so one that
+    moved never-trained users too is not kept for it."""
+
+    def __post_init__(self) -> None:
+        if self.level not in ("own", "original"):
+            raise ValueError(
+                f"level must be 'own' (the checked model's held-out loss) or 'original' (the "
+                f"untouched model's), got {self.level!r}"
+            )
 
 
 @dataclass
@@ -114,16 +128,29 @@ class Monitor:
         scores = predict_like(backbone, prompts, batch_size=self.batch_size)
         return sample_log_loss(labels, scores)
 
-    def decide(self, check: Check, reference_auc: float) -> str | None:
+    def level(self, check: Check, reference: Check) -> float:
+        """The forget loss a check should reach (``reference``: the untouched model's check)."""
+        own = self.rule.level == "own"
+        return (check.heldout_loss if own else reference.heldout_loss) - self.rule.forget_margin
+
+    def distance(self, check: Check, reference: Check) -> float:
+        """How far a check sits from a model that never trained on the forget set, as far as
+        the checks can tell: its forget loss from the level, and (level "original") its
+        held-out loss from where the untouched model had it."""
+        off = abs(check.forget_loss - self.level(check, reference))
+        if self.rule.level == "original":
+            off += abs(check.heldout_loss - reference.heldout_loss)
+        return off
+
+    def decide(self, check: Check, reference: Check) -> str | None:
         """None to go on; otherwise why to stop (prefixed "revert:" when the last step hurt)."""
-        if check.valid_auc < reference_auc - self.rule.max_valid_auc_drop:
+        if check.valid_auc < reference.valid_auc - self.rule.max_valid_auc_drop:
             return (
                 f"revert: valid AUC {check.valid_auc:.4f} fell more than "
-                f"{self.rule.max_valid_auc_drop} below the original's {reference_auc:.4f}"
+                f"{self.rule.max_valid_auc_drop} below the original's {reference.valid_auc:.4f}"
             )
-        if check.forget_loss >= check.heldout_loss - self.rule.forget_margin:
-            return (
-                f"forget loss {check.forget_loss:.4f} reached the held-out level "
-                f"{check.heldout_loss:.4f}"
-            )
+        level = self.level(check, reference)
+        if check.forget_loss >= level:
+            whose = "held-out" if self.rule.level == "own" else "original's held-out"
+            return f"forget loss {check.forget_loss:.4f} reached the {whose} level {level:.4f}"
         return None
