@@ -37,7 +37,13 @@ import typer
 from bench.common import command_line, name_values
 from e2urec.backbones import Backbone, load_backbone
 from e2urec.data import Catalog, Sample, SampleConfig, Splits, load_dataset, make_splits
-from e2urec.evaluate import Answers, distances_to, evaluate, teacher_distances
+from e2urec.evaluate import (
+    Answers,
+    distances_to,
+    evaluate,
+    forgetting_against,
+    teacher_distances,
+)
 from e2urec.model_store import load_model, read_manifest, save_model
 from e2urec.training import SCRATCH_PRESETS, TrainConfig, recipe_for, train_llmrec
 from e2urec.unlearn import METHODS, E2URecConfig, RunOptions, StopRule, UnlearnTask
@@ -134,6 +140,7 @@ _NOT_TRAINING = (
     "unlearn_epochs",
     "max_auc_drop",
     "stop_level",
+    "check_distances",
     "eval_samples",
     "methods",
 )
@@ -349,6 +356,17 @@ def run_seed(
         bf16=train_cfg.bf16,
         e2urec_overrides=args.get("e2urec_settings", {}),
     )
+    if args.get("check_distances"):
+        references = {"retrain": reference} | (
+            {} if twin_answers is None else {"twin": twin_answers}
+        )
+
+        def at_check(model: Backbone) -> dict[str, float]:
+            # prefixed: the check's own figures beside it are on the stop rule's subsamples
+            seen = forgetting_against(model, catalog, splits.forget, world.heldout, references)
+            return {f"bench_{k}": v for k, v in seen.items()}
+
+        options = replace(options, observer=at_check)
     for name in args["methods"]:
         if name == ORACLE:
             exact = replace(options, forget_targets=reference.forget)
@@ -868,6 +886,14 @@ def main(
             "checked model's) or 'original' (the untouched model's, fixed)"
         ),
     ] = "own",
+    check_distances: Annotated[
+        bool,
+        typer.Option(
+            help="at every check of an E2URec row, also record the attack's figures and the "
+            "answer JSD to Retrain (and the second Retrain) in its history, to see which state "
+            "a stop rule should keep; not counted in its time (about 0.5 s a sample on SmolLM2)"
+        ),
+    ] = False,
     eval_samples: Annotated[int, typer.Option(help="test samples scored per model")] = 4000,
     check_samples: Annotated[
         int, typer.Option(help="forget/valid samples per stop-rule check")
@@ -955,6 +981,8 @@ def main(
         args["e2urec_settings"] = e2urec_settings
     if stop_level != "own":  # the same
         args["stop_level"] = stop_level
+    if check_distances:
+        args["check_distances"] = True
     check_kept_models(keep_models, seeds, args)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[int, dict[str, dict]] = {}

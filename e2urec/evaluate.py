@@ -11,6 +11,7 @@ import torch
 from e2urec.backbones import Backbone
 from e2urec.data.prepared import Catalog
 from e2urec.data.samples import Sample
+from e2urec.encoding import PromptFormat
 from e2urec.metrics import (
     answer_mass,
     distribution_distance,
@@ -74,19 +75,57 @@ def evaluate(
         logp[n_test + n_forget :],
     )
     metrics = utility([s.label for s in test], p_yes(test_lp), [s.user_id for s in test])
-    member_labels, nonmember_labels = [s.label for s in forget], [s.label for s in heldout]
-    member = sample_log_loss(member_labels, p_yes(forget_lp))
-    nonmember = sample_log_loss(nonmember_labels, p_yes(held_lp))
-    metrics["mia_auc"] = mia_auc(member, nonmember, member_labels, nonmember_labels)
-    metrics["forget_logloss"] = float(member.mean())
-    # Beside the forget loss, so that a model that got worse everywhere is not read as forgetting
-    metrics["heldout_logloss"] = float(nonmember.mean())
+    metrics |= attack(forget_lp, held_lp, forget, heldout, model.format)
     answer_tokens = (model.format.yes_token, model.format.no_token)
     # Read beside JSD: how much of the full-vocabulary distance can lie off the two answers
     metrics["answer_mass"] = answer_mass(forget_lp, answer_tokens)
     if reference is not None:
         metrics.update(distances_to(Answers(forget_lp, held_lp), reference, answer_tokens))
     return metrics, Answers(forget_lp, held_lp)
+
+
+def attack(
+    forget_lp: torch.Tensor,
+    heldout_lp: torch.Tensor,
+    forget: Sequence[Sample],
+    heldout: Sequence[Sample],
+    fmt: PromptFormat,
+) -> dict[str, float]:
+    """What an attacker sees: the loss-threshold attack's AUC separating ``forget`` (members)
+    from ``heldout``, and both sets' LogLoss (the held-out one beside it, so that a model that
+    got worse everywhere is not read as forgetting)."""
+    member_labels, nonmember_labels = [s.label for s in forget], [s.label for s in heldout]
+    member = sample_log_loss(member_labels, yes_probability(forget_lp, fmt).tolist())
+    nonmember = sample_log_loss(nonmember_labels, yes_probability(heldout_lp, fmt).tolist())
+    return {
+        "mia_auc": mia_auc(member, nonmember, member_labels, nonmember_labels),
+        "forget_logloss": float(member.mean()),
+        "heldout_logloss": float(nonmember.mean()),
+    }
+
+
+def forgetting_against(
+    model: Backbone,
+    catalog: Catalog,
+    forget: Sequence[Sample],
+    heldout: Sequence[Sample],
+    references: dict[str, Answers],
+    *,
+    batch_size: int = 128,
+) -> dict[str, float]:
+    """One model state's attack figures and its answer JSDs (forget set, held-out) to each
+    named reference, in one scoring pass: what a benchmark records at every check of an
+    unlearning run, to see which state a stop rule should have kept."""
+    prompts = [catalog.prompt(s) for s in (*forget, *heldout)]
+    logp = answer_distributions(model, prompts, batch_size=batch_size)
+    answers = Answers(logp[: len(forget)], logp[len(forget) :])
+    out = attack(answers.forget, answers.heldout, forget, heldout, model.format)
+    answer_tokens = (model.format.yes_token, model.format.no_token)
+    for name, reference in references.items():
+        d = distances_to(answers, reference, answer_tokens)
+        out[f"{name}_answer_jsd"] = d["answer_jsd"]
+        out[f"{name}_heldout_answer_jsd"] = d["heldout_answer_jsd"]
+    return out
 
 
 def distances_to(

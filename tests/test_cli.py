@@ -248,7 +248,7 @@ def test_a_kept_original_and_retrain_are_reused_and_only_under_their_own_setting
     assert (models / "seed-0" / "original").is_dir() and (models / "seed-0" / "retrain").is_dir()
     # another unlearning method, budget and stop level: the same Original and Retrain serve it
     again = [*run, "--methods", "negkl", "--check-samples", "50", "--out", str(tmp_path / "b")]
-    again += ["--stop-level", "original"]
+    again += ["--stop-level", "original", "--check-distances"]
     second = CliRunner().invoke(table, [*again, "--methods", TWIN, "--methods", "e2urec"])
     assert second.exit_code == 0, second.output
     assert "original: kept at" in second.output and "retrain: kept at" in second.output
@@ -266,6 +266,15 @@ def test_a_kept_original_and_retrain_are_reused_and_only_under_their_own_setting
     assert rows[1]["negkl"]["to_twin"]["answer_jsd"] > 0
     assert rows[1]["e2urec"]["teacher"]["to_twin"]["answer_jsd"] > 0  # its teacher's, too
     assert rows[1]["retrain"]["to_twin"]["answer_jsd"] == pytest.approx(twin["answer_jsd"])
+    # --check-distances: every E2URec check also saw the attack and both Retrains; the first
+    # (the untouched model) saw what the Original's row says
+    history = rows[1]["e2urec"]["history"]
+    assert all("bench_twin_answer_jsd" in p for p in history if "epoch" in p)
+    assert "bench_retrain_answer_jsd" in history[-1]["kept"]
+    for key in ("answer_jsd", "mia_auc", "forget_logloss", "heldout_answer_jsd"):
+        assert history[0][f"bench_retrain_{key}" if "jsd" in key else f"bench_{key}"] == (
+            pytest.approx(rows[1]["original"][key], rel=1e-3, abs=1e-6)
+        )
     table_b = (tmp_path / "b" / "table.md").read_text()
     assert "Retrain with another training seed" in table_b and "| negkl | 0 |" in table_b
     assert (models / "seed-0" / "retrain-twin").is_dir()  # kept for the next run

@@ -41,7 +41,7 @@ from e2urec.unlearn.augmented import answer_log_loss, calibrated_alpha, train_au
 from e2urec.unlearn.base import PeakMemory, TeacherAnswers, UnlearnResult, UnlearnTask
 from e2urec.unlearn.e2urec_config import E2URecConfig
 from e2urec.unlearn.loop import unlearning_loop
-from e2urec.unlearn.stopping import Monitor
+from e2urec.unlearn.stopping import Monitor, Observer
 from e2urec.unlearn.teachers import (
     LazyTeacher,
     answer_logits_all,
@@ -126,6 +126,7 @@ def e2urec_unlearn(
     on_progress: StageProgress | None = None,
     init_adapter: AdapterFiles | None = None,
     forget_targets: torch.Tensor | None = None,
+    observer: Observer | None = None,
 ) -> UnlearnResult:
     """Unlearn ``task.forget`` from ``original`` (left untouched); the result holds the student.
 
@@ -142,6 +143,9 @@ def e2urec_unlearn(
     of the student alone. Given a retrained model's answers (``bench.paper_table``'s "e2urec
     (Retrain as teacher)" row) it shows how close the student gets with an exact teacher, which
     a real deletion never has.
+
+    ``observer`` looks at every checked state (a benchmark's distance to Retrain); what it sees
+    goes into the history, and its time into none of the reported times.
     """
     cfg = cfg or E2URecConfig()
     if forget_targets is not None and forget_targets.shape[0] != len(task.forget):
@@ -162,10 +166,10 @@ def e2urec_unlearn(
     stages: dict[str, float] = {}
     with PeakMemory(device) as memory:
         started = time.perf_counter()
-        monitor = Monitor.for_task(task, cfg.stop, cfg.seed, cfg.eval_batch_size)
+        monitor = Monitor.for_task(task, cfg.stop, cfg.seed, cfg.eval_batch_size, observer)
         reference = monitor.check(original)
         history.append({"epoch": 0, **reference.as_dict()})
-        stages["reference_check"] = time.perf_counter() - started
+        stages["reference_check"] = time.perf_counter() - started - monitor.observed_seconds
 
         forget_prompts = [catalog.prompt(s) for s in task.forget]
         answer_cols = [fmt.yes_token, fmt.no_token]
@@ -256,7 +260,7 @@ def e2urec_unlearn(
                 del aug
         stages["teachers"] = time.perf_counter() - mark
         mark = time.perf_counter()
-        checks_before = monitor.seconds
+        checks_before, observed_before = monitor.seconds, monitor.observed_seconds
         report("unlearn", 0, 1, None)
 
         student = student_model(base, cfg, init_adapter)
@@ -327,8 +331,9 @@ def e2urec_unlearn(
             )
         student.eval()
         stages["checks"] = monitor.seconds - checks_before
-        stages["unlearn"] = time.perf_counter() - mark - stages["checks"]
-        seconds = time.perf_counter() - started
+        observed = monitor.observed_seconds - observed_before
+        stages["unlearn"] = time.perf_counter() - mark - stages["checks"] - observed
+        seconds = time.perf_counter() - started - monitor.observed_seconds
         report("done", 1, 1, None)
 
     adapter_path, checksum = None, None

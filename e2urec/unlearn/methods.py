@@ -22,7 +22,7 @@ from e2urec.unlearn.baselines import FinetuneConfig, bad_teacher, neggrad, negkl
 from e2urec.unlearn.e2urec import e2urec_unlearn
 from e2urec.unlearn.e2urec_config import E2URecConfig, as_trained, fitted_like, student_on
 from e2urec.unlearn.shards import sharded_unlearn
-from e2urec.unlearn.stopping import StopRule
+from e2urec.unlearn.stopping import Observer, StopRule
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,6 +47,9 @@ class RunOptions:
     # E2URec: log-probabilities to distil on the forget set instead of its forgetting teacher
     # (``e2urec_unlearn``'s diagnostic; a benchmark passes the retrained model's answers).
     forget_targets: torch.Tensor | None = None
+    # E2URec: a look at each checked state that the stop rule never reads (a benchmark's
+    # distance to Retrain at every check); recorded in the history.
+    observer: Observer | None = None
 
 
 Run = Callable[[Backbone, UnlearnTask, RunOptions], UnlearnResult]
@@ -91,7 +94,13 @@ def _e2urec(*, paper: bool = False, **settings) -> Run:
         # So do its data: a base trained with unrated negatives forgets and keeps those too.
         task = as_trained(task, o.train_config, o.train)
         return e2urec_unlearn(
-            original, task, cfg, out=o.out, progress=o.progress, forget_targets=o.forget_targets
+            original,
+            task,
+            cfg,
+            out=o.out,
+            progress=o.progress,
+            forget_targets=o.forget_targets,
+            observer=o.observer,
         )
 
     return run

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from e2urec.backbones import Backbone
@@ -15,6 +16,10 @@ from e2urec.scoring import predict_like
 
 if TYPE_CHECKING:
     from e2urec.unlearn.base import UnlearnTask
+
+# A benchmark's look at each checked state beyond what the checks measure (its distance to a
+# retrained model, which no deployment has): recorded beside the check, never read by the rule.
+Observer = Callable[[Backbone], dict[str, float]]
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,7 @@ class Check:
     # A loss-threshold attack separating the forget subsample from the held-out one (what an
     # attacker sees; NaN when there is no held-out set of the same period to compare with).
     mia_auc: float = float("nan")
+    observed: dict[str, float] = field(default_factory=dict)  # what an Observer saw
 
     @property
     def gap(self) -> float:
@@ -64,6 +70,7 @@ class Check:
             "heldout_loss": self.heldout_loss,
             "valid_auc": self.valid_auc,
             "mia_auc": self.mia_auc,
+            **self.observed,
         }
 
 
@@ -79,9 +86,11 @@ class Monitor:
         seed: int,
         batch_size: int = 128,
         heldout: list[Sample] | None = None,
+        observer: Observer | None = None,
     ):
         """``valid`` judges utility (AUC); ``heldout`` (default: ``valid``) sets the loss level
-        the forget set should reach."""
+        the forget set should reach. ``observer`` runs at every check; its time is kept apart
+        (``observed_seconds``), out of both the checks' and the method's."""
         rng = random.Random(seed)
         self.forget = rng.sample(forget, min(rule.eval_samples, len(forget)))
         self.valid = rng.sample(valid, min(rule.eval_samples, len(valid)))
@@ -96,12 +105,28 @@ class Monitor:
         self.rule = rule
         self.batch_size = batch_size
         self.seconds = 0.0  # time spent checking, reported apart from training
+        self.observer = observer
+        self.observed_seconds = 0.0
 
     @classmethod
-    def for_task(cls, task: UnlearnTask, rule: StopRule, seed: int, batch_size: int) -> Monitor:
+    def for_task(
+        cls,
+        task: UnlearnTask,
+        rule: StopRule,
+        seed: int,
+        batch_size: int,
+        observer: Observer | None = None,
+    ) -> Monitor:
         """The checks every unlearning method runs on its task (one place to say which parts)."""
         return cls(
-            task.catalog, task.forget, task.valid, rule, seed, batch_size, heldout=task.heldout
+            task.catalog,
+            task.forget,
+            task.valid,
+            rule,
+            seed,
+            batch_size,
+            heldout=task.heldout,
+            observer=observer,
         )
 
     def check(self, backbone: Backbone) -> Check:
@@ -115,7 +140,12 @@ class Monitor:
             level = float(nonmember.mean())
             mia = mia_auc(member, nonmember, self.forget_labels, self.heldout_labels)
         self.seconds += time.perf_counter() - started
-        return Check(float(member.mean()), level, auc(labels_v, pv), mia)
+        observed = {}
+        if self.observer is not None:
+            started = time.perf_counter()
+            observed = self.observer(backbone)
+            self.observed_seconds += time.perf_counter() - started
+        return Check(float(member.mean()), level, auc(labels_v, pv), mia, observed)
 
     def forget_loss(self, backbone: Backbone) -> float:
         """The loss on the forget subsample alone (how well a model remembers the forget set)."""
