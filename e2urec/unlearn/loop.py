@@ -134,7 +134,7 @@ def unlearning_loop(
     best: tuple[float, dict[str, torch.Tensor], dict] | None = None  # (distance, state, check)
     if cfg.keep_best:
         untouched = {"epoch": 0, "batch": 0, "mixed": False, **reference.as_dict()}
-        best = (monitor.distance(reference, reference), good, untouched)
+        best = (monitor.rule.distance(reference, reference), good, untouched)
     repair_left: int | None = None  # counting down once the repair phase began
     begun = ""  # why the repair phase began
 
@@ -190,7 +190,7 @@ def unlearning_loop(
                 model.load_state_dict(good, strict=False)
                 return reason + " (reverted to the last check that passed)"
             good = snapshot()
-            distance = monitor.distance(check, reference)
+            distance = monitor.rule.distance(check, reference)
             if cfg.keep_best and (best is None or distance < best[0]):
                 best = (distance, good, point)
             if repaired:

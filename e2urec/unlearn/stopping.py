@@ -47,6 +47,20 @@ class StopRule:
                 f"untouched model's), got {self.level!r}"
             )
 
+    def target(self, check: Check, reference: Check) -> float:
+        """The forget loss a check should reach (``reference``: the untouched model's check)."""
+        own = self.level == "own"
+        return (check.heldout_loss if own else reference.heldout_loss) - self.forget_margin
+
+    def distance(self, check: Check, reference: Check) -> float:
+        """How far a check sits from a model that never trained on the forget set, as far as
+        the checks can tell: its forget loss from the target, and (level "original") its
+        held-out loss from where the untouched model had it. ``keep_best`` keeps the nearest."""
+        off = abs(check.forget_loss - self.target(check, reference))
+        if self.level == "original":
+            off += abs(check.heldout_loss - reference.heldout_loss)
+        return off
+
 
 @dataclass
 class Check:
@@ -158,20 +172,6 @@ class Monitor:
         scores = predict_like(backbone, prompts, batch_size=self.batch_size)
         return sample_log_loss(labels, scores)
 
-    def level(self, check: Check, reference: Check) -> float:
-        """The forget loss a check should reach (``reference``: the untouched model's check)."""
-        own = self.rule.level == "own"
-        return (check.heldout_loss if own else reference.heldout_loss) - self.rule.forget_margin
-
-    def distance(self, check: Check, reference: Check) -> float:
-        """How far a check sits from a model that never trained on the forget set, as far as
-        the checks can tell: its forget loss from the level, and (level "original") its
-        held-out loss from where the untouched model had it."""
-        off = abs(check.forget_loss - self.level(check, reference))
-        if self.rule.level == "original":
-            off += abs(check.heldout_loss - reference.heldout_loss)
-        return off
-
     def decide(self, check: Check, reference: Check) -> str | None:
         """None to go on; otherwise why to stop (prefixed "revert:" when the last step hurt)."""
         if check.valid_auc < reference.valid_auc - self.rule.max_valid_auc_drop:
@@ -179,7 +179,7 @@ class Monitor:
                 f"revert: valid AUC {check.valid_auc:.4f} fell more than "
                 f"{self.rule.max_valid_auc_drop} below the original's {reference.valid_auc:.4f}"
             )
-        level = self.level(check, reference)
+        level = self.rule.target(check, reference)
         if check.forget_loss >= level:
             whose = "held-out" if self.rule.level == "own" else "original's held-out"
             return f"forget loss {check.forget_loss:.4f} reached the {whose} level {level:.4f}"

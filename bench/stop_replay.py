@@ -1,0 +1,90 @@
+"""Which check each stop level would keep, replayed on a table run's recorded checks.
+
+An unlearning row's history holds every check the stop rule made (forget and held-out loss on
+its subsamples); with ``bench.paper_table --check-distances`` each also holds what the rule
+never sees: the attack's AUC and the answer JSD to both Retrains. This prints those checks and
+marks the one ``keep_best`` keeps under each ``StopRule.level``, so a level can be judged by
+how close to the Retrains its choice sat. The replay judges the checks the run made: a run
+under the other level may stop at another point, so only checks made before either rule fired
+compare exactly (the README beside a result says which).
+
+    python -m bench.stop_replay bench/results/<run>/results.json [--row e2urec]
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from e2urec.unlearn.stopping import Check, StopRule
+
+LEVELS = ("own", "original")
+SHOWN = {  # history key -> column
+    "forget_loss": "forget",
+    "heldout_loss": "held-out",
+    "mia_auc": "check MIA",
+    "bench_mia_auc": "attack MIA",
+    "bench_forget_logloss": "attack forget LL",
+    "bench_heldout_logloss": "attack held-out LL",
+    "bench_retrain_answer_jsd": "JSD Retrain",
+    "bench_twin_answer_jsd": "JSD 2nd Retrain",
+}
+
+app = typer.Typer(add_completion=False)
+
+
+def _check(point: dict) -> Check:
+    return Check(point["forget_loss"], point["heldout_loss"], point["valid_auc"])
+
+
+def kept(history: list[dict], level: str) -> int:
+    """The index in ``history`` (its checks, the untouched model first) that keep_best keeps
+    under ``level``: the first of the nearest, as the loop keeps it."""
+    checks = [p for p in history if "epoch" in p]
+    rule, reference = StopRule(level=level), _check(checks[0])
+    distances = [rule.distance(_check(p), reference) for p in checks]
+    return distances.index(min(distances))
+
+
+def replay(history: list[dict]) -> str:
+    """A markdown table of the checks, each level's kept one marked."""
+    checks = [p for p in history if "epoch" in p]
+    shown = [k for k in SHOWN if any(k in p for p in checks)]
+    keeps = {level: kept(history, level) for level in LEVELS}
+    lines = [
+        "| check | " + " | ".join(SHOWN[k] for k in shown) + " | kept by |",
+        "|---" * (len(shown) + 2) + "|",
+    ]
+    for i, p in enumerate(checks):
+        where = "untouched" if p["epoch"] == 0 else f"epoch {p['epoch']} batch {p['batch']}"
+        where += "" if p.get("mixed", True) else " (forget only)"
+        by = ", ".join(level for level, at in keeps.items() if at == i)
+        cells = [f"{100 * p[k]:.1f}" if k in p else "" for k in shown]
+        lines.append(f"| {where} | " + " | ".join(cells) + f" | {by} |")
+    return "\n".join(lines)
+
+
+@app.command()
+def main(
+    results: Annotated[Path, typer.Argument(help="a bench.paper_table results.json")],
+    row: Annotated[str, typer.Option(help="the unlearning row whose checks to replay")] = "e2urec",
+):
+    if not results.is_file():
+        raise typer.BadParameter(f"{results} is not a file", param_hint="RESULTS")
+    runs = json.loads(results.read_text())["results"]
+    for seed, rows in runs.items():
+        if row not in rows or "history" not in rows[row]:
+            raise typer.BadParameter(
+                f"seed {seed} has no {row!r} row with checks; rows: {', '.join(rows)}",
+                param_hint="--row",
+            )
+        recorded = next((p["kept"] for p in rows[row]["history"] if "kept" in p), None)
+        print(f"\n## seed {seed}, {row} (x100; the run kept: {recorded and recorded['epoch']})\n")
+        print(replay(rows[row]["history"]))
+
+
+if __name__ == "__main__":
+    app()

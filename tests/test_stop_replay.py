@@ -1,0 +1,46 @@
+"""bench.stop_replay: which check each stop level keeps, on runs the project committed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from bench.stop_replay import app, kept, replay
+
+RUNS = Path(__file__).parent.parent / "bench/results/ml1m-memorising-smollm2-bf16-twin"
+
+
+def _history(folder: str) -> list[dict]:
+    return json.loads((RUNS / folder / "results.json").read_text())["results"]["0"]["e2urec"][
+        "history"
+    ]
+
+
+def test_the_replay_keeps_what_the_run_kept_and_the_original_level_an_earlier_check():
+    for folder in ("heldout-default", "heldout-anchor"):  # both ran under the level "own"
+        history = _history(folder)
+        checks = [p for p in history if "epoch" in p]
+        recorded = next(p["kept"] for p in history if "kept" in p)
+        assert checks[kept(history, "own")] == recorded
+    # the default schedule overshot (forget 0.98, held-out 1.00); against the original's fixed
+    # held-out level (0.76) the first forget-only check (0.72, 0.75) is nearest
+    default = _history("heldout-default")
+    assert [p for p in default if "epoch" in p][kept(default, "original")]["epoch"] == 1
+    table = replay(default)
+    assert "| epoch 1 batch 5 (forget only) | 71.7 | 74.7 | 79.0 | original |" in table
+    assert table.splitlines()[-1].endswith("| own |")
+
+
+def test_the_replay_names_the_rows_it_has_when_asked_for_another(tmp_path: Path):
+    result = CliRunner().invoke(
+        app, [str(RUNS / "heldout-default/results.json"), "--row", "neggrad"]
+    )
+    assert result.exit_code == 2 and "e2urec" in _said(result.output)
+    missing = CliRunner().invoke(app, [str(tmp_path / "none.json")])
+    assert missing.exit_code == 2 and "is not a file" in _said(missing.output)
+
+
+def _said(output: str) -> str:
+    return " ".join(output.replace("│", " ").split())  # rich boxes and wraps it
