@@ -36,6 +36,7 @@ import typer
 
 from bench.common import command_line, name_values
 from e2urec.backbones import Backbone, load_backbone
+from e2urec.cli.unlearn import StopLevel
 from e2urec.data import Catalog, Sample, SampleConfig, Splits, load_dataset, make_splits
 from e2urec.evaluate import (
     Answers,
@@ -879,13 +880,7 @@ def main(
     max_auc_drop: Annotated[
         float, typer.Option(help="stop rule: revert when validation AUC falls more than this")
     ] = 0.02,
-    stop_level: Annotated[
-        str,
-        typer.Option(
-            help="stop rule: whose held-out loss the forget loss should reach, 'own' (the "
-            "checked model's) or 'original' (the untouched model's, fixed)"
-        ),
-    ] = "own",
+    stop_level: StopLevel = "own",
     check_distances: Annotated[
         bool,
         typer.Option(

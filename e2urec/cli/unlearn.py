@@ -14,6 +14,15 @@ from rich.table import Table
 
 from e2urec.cli.app import app, console, friendly_errors, note_other_data
 
+# The stop rule's level, as every command that unlearns takes it (StopRule.level says why).
+StopLevel = Annotated[
+    str,
+    typer.Option(
+        help="stop rule: whose held-out loss the forget loss should reach, 'own' (the "
+        "checked model's) or 'original' (the untouched model's, fixed)"
+    ),
+]
+
 
 def _parse_users(users: str | None) -> set[int] | None:
     if users is None:
@@ -70,13 +79,7 @@ def unlearn(
     check_samples: Annotated[
         int, typer.Option(help="forget/valid samples per stop-rule check")
     ] = 1000,
-    stop_level: Annotated[
-        str,
-        typer.Option(
-            help="stop rule: whose held-out loss the forget loss should reach, 'own' (the "
-            "checked model's) or 'original' (the untouched model's, fixed)"
-        ),
-    ] = "own",
+    stop_level: StopLevel = "own",
     eval_samples: Annotated[int, typer.Option(help="test samples scored before/after")] = 2000,
     seed: int = 0,
     device: Annotated[
