@@ -62,7 +62,7 @@ def replay(history: list[dict]) -> str:
         where = "untouched" if p["epoch"] == 0 else f"epoch {p['epoch']} batch {p['batch']}"
         where += "" if p.get("mixed", True) else " (forget only)"
         by = ", ".join(level for level, at in keeps.items() if at == i)
-        cells = [f"{100 * p[k]:.1f}" if k in p else "" for k in shown]
+        cells = [f"{100 * p[k]:.{2 if 'jsd' in k else 1}f}" if k in p else "" for k in shown]
         lines.append(f"| {where} | " + " | ".join(cells) + f" | {by} |")
     return "\n".join(lines)
 
