@@ -51,8 +51,7 @@ def train_augmented(
     per_round = max(1, math.ceil(cfg.min_steps_per_epoch / steps_per_epoch))
     target = None
     if monitor is not None and reference is not None:
-        gap = reference.heldout_loss - reference.forget_loss
-        target = reference.forget_loss - max(cfg.aug_min_drop, gap / cfg.forget_strength)
+        target = reference.forget_loss - max(cfg.aug_min_drop, reference.gap / cfg.forget_strength)
     losses: list[float] = []
     epochs = 0
 

@@ -139,7 +139,7 @@ def unlearning_loop(
     begun = ""  # why the repair phase began
 
     def finish(reason: str) -> str:
-        if cfg.keep_best and best is not None:
+        if best is not None:  # set from the start whenever keep_best
             model.load_state_dict(best[1], strict=False)
             history.append({"kept": best[2]})
             return reason + f" (kept the check closest to the held-out level: {best[2]})"
@@ -185,13 +185,13 @@ def unlearning_loop(
             reason = monitor.decide(check, reference)
             if reason and reason.startswith("revert:"):
                 bar.close()
-                if cfg.keep_best and best is not None:
+                if best is not None:  # set from the start whenever keep_best
                     return finish(reason)
                 model.load_state_dict(good, strict=False)
                 return reason + " (reverted to the last check that passed)"
             good = snapshot()
             distance = monitor.rule.distance(check, reference)
-            if cfg.keep_best and (best is None or distance < best[0]):
+            if best is not None and distance < best[0]:
                 best = (distance, good, point)
             if repaired:
                 bar.close()
