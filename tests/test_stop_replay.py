@@ -9,11 +9,13 @@ from typer.testing import CliRunner
 
 from bench.stop_replay import app, kept, replay
 
-RUNS = Path(__file__).parent.parent / "bench/results/ml1m-memorising-smollm2-bf16-twin"
+RESULTS = Path(__file__).parent.parent / "bench/results"
+RUNS = RESULTS / "ml1m-memorising-smollm2-bf16-twin"
+SEEDS = RESULTS / "ml1m-memorising-smollm2-bf16-heldout-seeds"
 
 
-def _history(folder: str) -> list[dict]:
-    return json.loads((RUNS / folder / "results.json").read_text())["results"]["0"]["e2urec"][
+def _history(folder: str, runs: Path = RUNS) -> list[dict]:
+    return json.loads((runs / folder / "results.json").read_text())["results"]["0"]["e2urec"][
         "history"
     ]
 
@@ -31,6 +33,22 @@ def test_the_replay_keeps_what_the_run_kept_and_the_original_level_an_earlier_ch
     table = replay(default)
     assert "| epoch 1 batch 5 (forget only) | 71.7 | 74.7 | 79.0 | original |" in table
     assert table.splitlines()[-1].endswith("| own |")
+
+
+def test_on_the_run_under_the_original_level_its_kept_check_is_nearer_both_retrains():
+    # seed 0's default schedule rerun with --stop-level original --check-distances: the run kept
+    # the check the replay names, and only that check sat nearer both Retrains than doing nothing
+    history = _history("seed0-default-original", SEEDS)
+    checks = [p for p in history if "epoch" in p]
+    recorded = next(p["kept"] for p in history if "kept" in p)
+    assert checks[kept(history, "original")] == recorded
+
+    def mean_jsd(point: dict) -> float:
+        return (point["bench_retrain_answer_jsd"] + point["bench_twin_answer_jsd"]) / 2
+
+    untouched = mean_jsd(checks[0])
+    assert mean_jsd(recorded) < untouched / 4  # 0.60 against 3.77 (x100)
+    assert mean_jsd(checks[kept(history, "own")]) > untouched  # the overshoot: 4.09
 
 
 def test_the_replay_names_the_rows_it_has_when_asked_for_another(tmp_path: Path):
