@@ -40,25 +40,31 @@ def _check(point: dict) -> Check:
     return Check(point["forget_loss"], point["heldout_loss"], point["valid_auc"])
 
 
+def checks(history: list[dict]) -> list[dict]:
+    """The checks in a row's history, the untouched model first (the rest are notes such as
+    the kept check)."""
+    return [p for p in history if "epoch" in p]
+
+
 def kept(history: list[dict], level: str) -> int:
     """The index in ``history`` (its checks, the untouched model first) that keep_best keeps
     under ``level``: the first of the nearest, as the loop keeps it."""
-    checks = [p for p in history if "epoch" in p]
-    rule, reference = StopRule(level=level), _check(checks[0])
-    distances = [rule.distance(_check(p), reference) for p in checks]
+    made = checks(history)
+    rule, reference = StopRule(level=level), _check(made[0])
+    distances = [rule.distance(_check(p), reference) for p in made]
     return distances.index(min(distances))
 
 
 def replay(history: list[dict]) -> str:
     """A markdown table of the checks, each level's kept one marked."""
-    checks = [p for p in history if "epoch" in p]
-    shown = [k for k in SHOWN if any(k in p for p in checks)]
+    made = checks(history)
+    shown = [k for k in SHOWN if any(k in p for p in made)]
     keeps = {level: kept(history, level) for level in LEVELS}
     lines = [
         "| check | " + " | ".join(SHOWN[k] for k in shown) + " | kept by |",
         "|---" * (len(shown) + 2) + "|",
     ]
-    for i, p in enumerate(checks):
+    for i, p in enumerate(made):
         where = "untouched" if p["epoch"] == 0 else f"epoch {p['epoch']} batch {p['batch']}"
         where += "" if p.get("mixed", True) else " (forget only)"
         by = ", ".join(level for level, at in keeps.items() if at == i)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from bench.stop_replay import app, kept, replay
+from bench.stop_replay import app, checks, kept, replay
 
 RESULTS = Path(__file__).parent.parent / "bench/results"
 RUNS = RESULTS / "ml1m-memorising-smollm2-bf16-twin"
@@ -20,16 +20,19 @@ def _history(folder: str, runs: Path = RUNS) -> list[dict]:
     ]
 
 
+def _recorded(history: list[dict]) -> dict:
+    """The check the run itself kept."""
+    return next(p["kept"] for p in history if "kept" in p)
+
+
 def test_the_replay_keeps_what_the_run_kept_and_the_original_level_an_earlier_check():
     for folder in ("heldout-default", "heldout-anchor"):  # both ran under the level "own"
         history = _history(folder)
-        checks = [p for p in history if "epoch" in p]
-        recorded = next(p["kept"] for p in history if "kept" in p)
-        assert checks[kept(history, "own")] == recorded
+        assert checks(history)[kept(history, "own")] == _recorded(history)
     # the default schedule overshot (forget 0.98, held-out 1.00); against the original's fixed
     # held-out level (0.76) the first forget-only check (0.72, 0.75) is nearest
     default = _history("heldout-default")
-    assert [p for p in default if "epoch" in p][kept(default, "original")]["epoch"] == 1
+    assert checks(default)[kept(default, "original")]["epoch"] == 1
     table = replay(default)
     assert "| epoch 1 batch 5 (forget only) | 71.7 | 74.7 | 79.0 | original |" in table
     assert table.splitlines()[-1].endswith("| own |")
@@ -37,18 +40,17 @@ def test_the_replay_keeps_what_the_run_kept_and_the_original_level_an_earlier_ch
 
 def test_on_the_run_under_the_original_level_its_kept_check_is_nearer_both_retrains():
     # seed 0's default schedule rerun with --stop-level original --check-distances: the run kept
-    # the check the replay names, and only that check sat nearer both Retrains than doing nothing
+    # the check the replay names, nearer both Retrains than doing nothing; "own" keeps one further
     history = _history("seed0-default-original", SEEDS)
-    checks = [p for p in history if "epoch" in p]
-    recorded = next(p["kept"] for p in history if "kept" in p)
-    assert checks[kept(history, "original")] == recorded
+    made, recorded = checks(history), _recorded(history)
+    assert made[kept(history, "original")] == recorded
 
     def mean_jsd(point: dict) -> float:
         return (point["bench_retrain_answer_jsd"] + point["bench_twin_answer_jsd"]) / 2
 
-    untouched = mean_jsd(checks[0])
+    untouched = mean_jsd(made[0])
     assert mean_jsd(recorded) < untouched / 4  # 0.60 against 3.77 (x100)
-    assert mean_jsd(checks[kept(history, "own")]) > untouched  # the overshoot: 4.09
+    assert mean_jsd(made[kept(history, "own")]) > untouched  # the overshoot: 4.09
 
 
 def test_the_replay_names_the_rows_it_has_when_asked_for_another(tmp_path: Path):
