@@ -10,9 +10,22 @@ R=/tmp/r; mkdir -p $R /tmp/cache/models
 G=/tmp/cache/models/SmolLM2-135M-Instruct.Q4_1.gguf
 [ -s /tmp/m/part2 ] && [ -d /tmp/site ] || { echo "no /tmp/m/part2: the machine went cold after call 1 or 2; run them again"; exit 3; }
 cat /tmp/m/part1 /tmp/m/part2 .gpu3/part3 > $G
-echo "gguf sha256 $(sha256sum $G | cut -c1-16) want $(cut -c1-16 .gpu3/gguf.sha256)" | tee $R/env.txt
+have=$(sha256sum $G | cut -d' ' -f1); want=$(cat .gpu3/gguf.sha256)
+echo "gguf sha256 $have (want $want)" | tee $R/env.txt
+[ "$have" = "$want" ] || { echo "the assembled GGUF differs: pack again and rerun all three calls"; exit 4; }
 { nvidia-smi; python3 -c 'import torch; print(torch.__version__, torch.cuda.get_device_name())'; nproc; } >> $R/env.txt 2>&1
-TABLE=(python3 -m bench.paper_table --regime memorising --path /tmp/data/ml-1m --ratings-file ratings.users_1-2999.partial.dat --samples 1200 --forget-fraction 0.1 --heldout-fraction 0.1 --repeat 4 --backbone ${BACKBONE:-smollm2-135m} --eval-samples 120 --check-samples 40 --unlearn-epochs 4 --max-auc-drop 0.1 --e2urec-setting min_steps_per_epoch=0 --e2urec-setting aug_max_epochs=4 --e2urec-setting checks_per_epoch=1 --e2urec-setting activation_checkpointing=true --e2urec-setting warmup_steps=5 --e2urec-setting teacher_form=held-out --stop-level original --check-distances --methods "retrain (another training seed)" --methods e2urec --methods neggrad --methods negkl --methods bad-t --no-progress)
+# the CPU tables' command (bench/results/ml1m-memorising-smollm2-bf16-heldout-seeds) with the
+# issue's baselines added
+TABLE=(python3 -m bench.paper_table --regime memorising --path /tmp/data/ml-1m
+  --ratings-file ratings.users_1-2999.partial.dat --samples 1200 --forget-fraction 0.1
+  --heldout-fraction 0.1 --repeat 4 --backbone "${BACKBONE:-smollm2-135m}" --eval-samples 120
+  --check-samples 40 --unlearn-epochs 4 --max-auc-drop 0.1
+  --e2urec-setting min_steps_per_epoch=0 --e2urec-setting aug_max_epochs=4
+  --e2urec-setting checks_per_epoch=1 --e2urec-setting activation_checkpointing=true
+  --e2urec-setting warmup_steps=5 --e2urec-setting teacher_form=held-out
+  --stop-level original --check-distances
+  --methods "retrain (another training seed)" --methods e2urec --methods neggrad
+  --methods negkl --methods bad-t --no-progress)
 run_table() {  # seed, seconds
   local t=$2; [ "$t" -gt 30 ] || return 0
   echo "== table seed $1: $t s" | tee -a $R/steps.txt

@@ -51,7 +51,6 @@ split() { dd if="$GGUF" of="$1" bs=1M skip="$2" ${3:+count="$3"} status=none; }
 split .gpu1/part1 0 "$first"
 split .gpu2/part2 "$first" "$room"
 split .gpu3/part3 $((first + room))
-cp bench/gpu/call1.sh .gpu1/ && cp bench/gpu/call2.sh .gpu2/ && cp bench/gpu/call3.sh .gpu3/
 
 for d in .gpu1 .gpu2 .gpu3; do
   echo "$d: $(du -sm "$d" | cut -f1) MiB + the repository's $repo MiB"

@@ -28,5 +28,5 @@ $W/venv/bin/pip install -q --no-index --no-deps --no-compile --target /tmp/site 
 cp .gpu1/part1 .gpu2/part2 /tmp/m/
 mkdir -p /tmp/data && tar xJf .gpu1/ml-1m.tar.xz -C /tmp/data
 PATH=$W/venv/bin:$PATH OUT=$W/out BACKBONE=tiny BUDGET=420 SERVING_BUDGET=150 SECONDS_PER_CELL=3 \
-  bash .gpu3/call3.sh
+  bash bench/gpu/call3.sh
 cat /tmp/r/steps.txt
