@@ -3,6 +3,7 @@
 # the serving bench, the paper table (seed 2) with what time is left. BUDGET: seconds for all of
 # it (leave 30-60 s under the call's timeout_s and the session's device time).
 set -u
+BACKBONE=${BACKBONE:-smollm2-135m} SERVING_BUDGET=${SERVING_BUDGET:-200}
 T0=$(date +%s); DEADLINE=$((T0 + ${BUDGET:-540}))
 left() { echo $((DEADLINE - $(date +%s))); }
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 E2UREC_CACHE=/tmp/cache HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
@@ -18,7 +19,7 @@ echo "gguf sha256 $have (want $want)" | tee $R/env.txt
 # issue's baselines added
 TABLE=(python3 -m bench.paper_table --regime memorising --path /tmp/data/ml-1m
   --ratings-file ratings.users_1-2999.partial.dat --samples 1200 --forget-fraction 0.1
-  --heldout-fraction 0.1 --repeat 4 --backbone "${BACKBONE:-smollm2-135m}" --eval-samples 120
+  --heldout-fraction 0.1 --repeat 4 --backbone "$BACKBONE" --eval-samples 120
   --check-samples 40 --unlearn-epochs 4 --max-auc-drop 0.1
   --e2urec-setting min_steps_per_epoch=0 --e2urec-setting aug_max_epochs=4
   --e2urec-setting checks_per_epoch=1 --e2urec-setting activation_checkpointing=true
@@ -32,10 +33,10 @@ run_table() {  # seed, seconds
   timeout "$t" "${TABLE[@]}" --seeds "$1" --out "$R/table-seed$1" > "$R/table-seed$1.log" 2>&1
   echo "rc=$? after $(( $(date +%s) - T0 )) s" | tee -a $R/steps.txt
 }
-run_table 0 $(( $(left) - ${SERVING_BUDGET:-200} ))
-T=$(left); [ $T -gt ${SERVING_BUDGET:-200} ] && T=${SERVING_BUDGET:-200}
+run_table 0 $(( $(left) - $SERVING_BUDGET ))
+T=$(left); [ $T -gt $SERVING_BUDGET ] && T=$SERVING_BUDGET
 echo "== serving: $T s" | tee -a $R/steps.txt
-timeout $T python3 -m bench.serving --backbone ${BACKBONE:-smollm2-135m} --users 100 --seconds ${SECONDS_PER_CELL:-10} --out $R/serving --work /tmp/w/serving > $R/serving.log 2>&1
+timeout $T python3 -m bench.serving --backbone "$BACKBONE" --users 100 --seconds ${SECONDS_PER_CELL:-10} --out $R/serving --work /tmp/w/serving > $R/serving.log 2>&1
 echo "rc=$? after $(( $(date +%s) - T0 )) s" | tee -a $R/steps.txt
 run_table 2 $(( $(left) - 10 ))
 nvidia-smi --query-gpu=memory.used,memory.total --format=csv >> $R/env.txt 2>&1
