@@ -15,7 +15,7 @@ from e2urec.metrics import log_loss
 from e2urec.scoring import predict_like
 from e2urec.training import TrainConfig, train_llmrec
 from e2urec.unlearn import E2URecConfig, StopRule, UnlearnTask, e2urec_unlearn
-from e2urec.unlearn.e2urec import forget_term, remember_term
+from e2urec.unlearn.e2urec import forget_term, remember_term, unrated_anchors
 from e2urec.unlearn.teachers import forced_logits, kl_divergence, soft_cross_entropy
 
 
@@ -359,6 +359,45 @@ def test_without_the_retain_ce_the_retained_labels_no_longer_move_the_student(tr
     np.testing.assert_allclose(forget_scores(flipped, retain_ce=False), kl_alone, atol=1e-6)
     # with the CE, the flipped labels pull the student elsewhere
     assert np.abs(forget_scores(flipped, retain_ce=True) - kl_alone).max() > 1e-3
+
+
+def test_unrated_anchors_are_retained_users_with_items_they_never_rated(trained):
+    _, task = trained
+    anchors = unrated_anchors(task.retain, 40, seed=0)
+    assert len(anchors) == 40
+    rated: dict[int, set[int]] = {}
+    for s in task.retain:
+        rated.setdefault(s.user_id, set()).update([s.item_id, *(i for i, _ in s.history)])
+    forget_users = {s.user_id for s in task.forget}
+    for a in anchors:
+        assert a.user_id in rated and a.user_id not in forget_users
+        assert a.item_id not in rated[a.user_id]  # a prompt the original never trained on
+    assert unrated_anchors(task.retain, 40, seed=0) == anchors  # seeded
+    assert unrated_anchors(task.retain, 0, seed=0) == []
+
+
+@pytest.mark.slow
+def test_the_anchor_term_holds_the_original_answers_on_never_trained_prompts(trained):
+    """``anchor_weight`` adds KL(original || student) on retained users' prompts with an item
+    they never rated, in the forget-only steps too: the student's answers there stay nearer the
+    original's than without it."""
+    original, task = trained
+    prompts = [task.catalog.prompt(s) for s in unrated_anchors(task.retain[:200], 64, seed=0)]
+    before = np.array(predict_like(original, prompts))
+    drift = {}
+    for weight in (0.0, 20.0):
+        result, _ = _short_e2urec(
+            trained, 64, anchor_weight=weight, keep_best=False, lora_dropout=0.0
+        )
+        assert result.details["anchor_prompts"] == (64 if weight else 0)
+        drift[weight] = np.abs(np.array(predict_like(result.backbone, prompts)) - before).mean()
+    assert drift[0.0] > 1e-3  # the student moved them without the anchor
+    assert drift[20.0] < 0.5 * drift[0.0]
+
+
+def test_a_negative_anchor_weight_is_refused():
+    with pytest.raises(ValueError, match="anchor_weight"):
+        E2URecConfig(anchor_weight=-1.0)
 
 
 @pytest.mark.slow

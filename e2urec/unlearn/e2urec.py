@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from peft import get_peft_model
 
 from e2urec.adapter_files import AdapterFiles, write_adapter
 from e2urec.backbones import Backbone
+from e2urec.data.samples import Sample, with_unrated
 from e2urec.encoding import answer_logits, answer_loss, collate, encode_prompts, target_loss
 from e2urec.lora import load_lora_state, lora_config, trainable_copy, with_adapter
 from e2urec.training import recomputed_activations
@@ -57,6 +58,7 @@ __all__ = [
     "forget_term",
     "remember_term",
     "student_model",
+    "unrated_anchors",
     "with_adapter",
 ]
 
@@ -82,6 +84,21 @@ def student_model(base: Backbone, cfg: E2URecConfig, init: AdapterFiles | None):
     if init is not None:
         load_lora_state(student, init.state_dict, source=f"the adapter at {init.path}")
     return student
+
+
+# Drawn apart from a base's own unrated negatives (TrainConfig.negatives uses its seed).
+_ANCHOR_SEED_OFFSET = 7919
+
+
+def unrated_anchors(retain: Sequence[Sample], n: int, seed: int) -> list[Sample]:
+    """``n`` prompts the original never trained on, for ``E2URecConfig.anchor_weight``: a
+    retained sample's user, history and time with an item that user rated nowhere, drawn as
+    popular as rated items are (``with_unrated``'s popularity pool). No forget user's data is in
+    them, and no held-out user's: those stay for the stop rule and the audit."""
+    if n <= 0 or not retain:
+        return []
+    drawn = with_unrated(retain, n / len(retain), seed + _ANCHOR_SEED_OFFSET)[len(retain) :]
+    return drawn[:n]
 
 
 def answer_only(logits: torch.Tensor, fmt) -> torch.Tensor:
@@ -282,6 +299,20 @@ def e2urec_unlearn(
         retain_teacher = LazyTeacher(
             len(task.retain), vocab_size(original), original_logits, student, cfg.cache_teachers
         )
+        # One anchor batch per forget batch, paired by index (cycled if fewer could be drawn:
+        # a catalogue a user rated nearly all of).
+        anchors = unrated_anchors(task.retain, len(task.forget), cfg.seed)
+        anchor_on = cfg.anchor_weight > 0 and bool(anchors)
+        anchor_enc = (
+            encode_prompts(tok, fmt, [catalog.prompt(s) for s in anchors]) if anchor_on else []
+        )
+        anchor_teacher = LazyTeacher(
+            len(anchor_enc),
+            vocab_size(original),
+            lambda idx: frozen_logits(collate(fmt, [anchor_enc[i] for i in idx]).to(device)),
+            student,
+            cfg.cache_teachers,
+        )
 
         def step(idx: list[int], ridx: list[int] | None) -> Iterator[torch.Tensor]:
             fb = collate(fmt, [forget_enc[i] for i in idx]).to(device)
@@ -296,6 +327,13 @@ def e2urec_unlearn(
                 forced = forced_logits(orig_logits, aug_logits, alpha, centre)
                 teacher_f = torch.log_softmax(forced, -1)
             yield forget_term(cfg.remember_weight, teacher_f, student_f, ridx is not None)
+            if anchor_on:  # the original's answers where it only generalises: held in every step
+                aidx = [i % len(anchor_enc) for i in idx]
+                ab = collate(fmt, [anchor_enc[i] for i in aidx]).to(device)
+                held = soft_cross_entropy(
+                    anchor_teacher.get(aidx).to(device), narrow(answer_logits(student, ab))
+                )
+                yield cfg.anchor_weight * held
             if ridx is None:
                 return
             labels = [retain_labels[i] for i in ridx]
@@ -366,6 +404,7 @@ def e2urec_unlearn(
         details={
             "stage_seconds": stages,
             "retain_teacher_passes": retain_teacher.forward_passes,
+            "anchor_prompts": len(anchor_enc),
             "augment": None
             if augmented is None
             else {
