@@ -11,11 +11,12 @@ import torch
 
 from e2urec.backbones import load_backbone
 from e2urec.data import Catalog, SampleConfig, SyntheticConfig, generate_synthetic, make_splits
+from e2urec.data.samples import Sample
 from e2urec.metrics import log_loss
 from e2urec.scoring import predict_like
 from e2urec.training import TrainConfig, train_llmrec
 from e2urec.unlearn import E2URecConfig, StopRule, UnlearnTask, e2urec_unlearn
-from e2urec.unlearn.e2urec import forget_term, remember_term, unrated_anchors
+from e2urec.unlearn.e2urec import forget_term, later_anchors, remember_term, unrated_anchors
 from e2urec.unlearn.teachers import forced_logits, kl_divergence, soft_cross_entropy
 
 
@@ -395,9 +396,32 @@ def test_the_anchor_term_holds_the_original_answers_on_never_trained_prompts(tra
     assert drift[20.0] < 0.5 * drift[0.0]
 
 
-def test_a_negative_anchor_weight_is_refused():
+def test_later_anchors_leave_out_forget_users_audit_users_and_the_checked_samples():
+    def sample(user: int, item: int) -> Sample:
+        return Sample(user, item, 4.0, 1, 1000 + item, ((1, 4.0),))
+
+    valid = [sample(u, i) for u in range(6) for i in range(10, 14)]
+    task = UnlearnTask(
+        None,  # the catalogue is not read
+        retain=[sample(2, 1)],
+        forget=[sample(0, 1)],
+        valid=valid,
+        heldout=[sample(1, 2)],
+    )
+    checked = [s for s in valid if s.user_id == 2][:2]
+    anchors = later_anchors(task, checked, n=100, seed=0)
+    assert {s.user_id for s in anchors} == {2, 3, 4, 5}  # not user 0 (forget) nor 1 (audit)
+    assert not set(anchors) & set(checked)
+    assert len(anchors) == 4 * 4 - 2  # fewer than asked: all there are
+    assert later_anchors(task, checked, n=5, seed=0) == later_anchors(task, checked, 5, seed=0)
+    assert len(later_anchors(task, checked, n=5, seed=0)) == 5
+
+
+def test_anchor_settings_that_mean_nothing_are_refused():
     with pytest.raises(ValueError, match="anchor_weight"):
         E2URecConfig(anchor_weight=-1.0)
+    with pytest.raises(ValueError, match="anchor_from"):
+        E2URecConfig(anchor_from="valid")
 
 
 @pytest.mark.slow

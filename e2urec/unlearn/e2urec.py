@@ -24,6 +24,7 @@ docs/results.md):
 from __future__ import annotations
 
 import copy
+import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
@@ -57,6 +58,7 @@ __all__ = [
     "e2urec_unlearn",
     "forget_term",
     "remember_term",
+    "later_anchors",
     "student_model",
     "unrated_anchors",
     "with_adapter",
@@ -99,6 +101,16 @@ def unrated_anchors(retain: Sequence[Sample], n: int, seed: int) -> list[Sample]
         return []
     drawn = with_unrated(retain, n / len(retain), seed + _ANCHOR_SEED_OFFSET)[len(retain) :]
     return drawn[:n]
+
+
+def later_anchors(task: UnlearnTask, checked: Sequence[Sample], n: int, seed: int) -> list[Sample]:
+    """Up to ``n`` validation-period samples for ``E2URecConfig.anchor_from="later"``: none of a
+    forget user's or a held-out (audit) user's, and none of ``checked``, the samples the stop
+    rule's AUC guard reads, so the anchor never holds what judges it."""
+    excluded = {s.user_id for s in task.forget} | {s.user_id for s in task.heldout or []}
+    seen = set(checked)
+    pool = [s for s in task.valid if s.user_id not in excluded and s not in seen]
+    return random.Random(seed + _ANCHOR_SEED_OFFSET).sample(pool, min(n, len(pool)))
 
 
 def answer_only(logits: torch.Tensor, fmt) -> torch.Tensor:
@@ -301,7 +313,10 @@ def e2urec_unlearn(
         )
         # One anchor batch per forget batch, paired by index (cycled if fewer could be drawn:
         # a catalogue a user rated nearly all of).
-        anchors = unrated_anchors(task.retain, len(task.forget), cfg.seed)
+        if cfg.anchor_from == "later":
+            anchors = later_anchors(task, monitor.valid, len(task.forget), cfg.seed)
+        else:
+            anchors = unrated_anchors(task.retain, len(task.forget), cfg.seed)
         anchor_on = cfg.anchor_weight > 0 and bool(anchors)
         anchor_enc = (
             encode_prompts(tok, fmt, [catalog.prompt(s) for s in anchors]) if anchor_on else []

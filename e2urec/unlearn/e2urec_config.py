@@ -64,6 +64,11 @@ class E2URecConfig:
     memorising SmolLM2 whose answers already sat near Retrain's, every schedule without it moved
     never-trained users' answers before the forget set's (answer JSD to Retrain 0.63 -> 1.24-4.00;
     bench/results/ml1m-memorising-smollm2-bf16-heldout-seeds)."""
+    anchor_from: Literal["unrated", "later"] = "unrated"
+    """Where the anchor term's prompts come from. "unrated": ``unrated_anchors``, which any
+    deployment can draw. "later": ``later_anchors``, retained users' validation-period samples
+    (rated items, the histories that led to them), less those the stop rule checks AUC on:
+    never trained on, and shaped like the held-out users' prompts whose answers drifted."""
     lr: float = 3e-3
     """The paper's 1e-3 moved the student too little in the steps a check allows."""
     warmup_steps: int = 0
@@ -168,6 +173,8 @@ class E2URecConfig:
             raise ValueError(f"aug_min_drop must be >= 0, got {self.aug_min_drop}")
         if self.anchor_weight < 0:
             raise ValueError(f"anchor_weight must be >= 0, got {self.anchor_weight}")
+        if self.anchor_from not in ("unrated", "later"):
+            raise ValueError(f"anchor_from must be 'unrated' or 'later', got {self.anchor_from!r}")
         if self.repair_fraction < 0:
             raise ValueError(f"repair_fraction must be >= 0, got {self.repair_fraction}")
         self.loop(forget_samples=1)  # the loop's own checks, before any training starts
