@@ -57,8 +57,8 @@ __all__ = [
     "E2URecConfig",
     "e2urec_unlearn",
     "forget_term",
-    "remember_term",
     "later_anchors",
+    "remember_term",
     "student_model",
     "unrated_anchors",
     "with_adapter",
@@ -111,6 +111,16 @@ def later_anchors(task: UnlearnTask, checked: Sequence[Sample], n: int, seed: in
     seen = set(checked)
     pool = [s for s in task.valid if s.user_id not in excluded and s not in seen]
     return random.Random(seed + _ANCHOR_SEED_OFFSET).sample(pool, min(n, len(pool)))
+
+
+def anchor_samples(task: UnlearnTask, cfg: E2URecConfig, checked: Sequence[Sample]) -> list[Sample]:
+    """The anchor term's samples, as many as the forget set's (one anchor batch per forget
+    batch, paired by index); none when the term is off (``anchor_weight`` 0)."""
+    if cfg.anchor_weight == 0:
+        return []
+    if cfg.anchor_from == "later":
+        return later_anchors(task, checked, len(task.forget), cfg.seed)
+    return unrated_anchors(task.retain, len(task.forget), cfg.seed)
 
 
 def answer_only(logits: torch.Tensor, fmt) -> torch.Tensor:
@@ -311,16 +321,11 @@ def e2urec_unlearn(
         retain_teacher = LazyTeacher(
             len(task.retain), vocab_size(original), original_logits, student, cfg.cache_teachers
         )
-        # One anchor batch per forget batch, paired by index (cycled if fewer could be drawn:
-        # a catalogue a user rated nearly all of).
-        if cfg.anchor_from == "later":
-            anchors = later_anchors(task, monitor.valid, len(task.forget), cfg.seed)
-        else:
-            anchors = unrated_anchors(task.retain, len(task.forget), cfg.seed)
-        anchor_on = cfg.anchor_weight > 0 and bool(anchors)
-        anchor_enc = (
-            encode_prompts(tok, fmt, [catalog.prompt(s) for s in anchors]) if anchor_on else []
-        )
+        # Cycled by index where fewer could be drawn than forget samples (a short validation
+        # period, a catalogue a user rated nearly all of).
+        anchors = anchor_samples(task, cfg, monitor.valid)
+        anchor_on = bool(anchors)
+        anchor_enc = encode_prompts(tok, fmt, [catalog.prompt(s) for s in anchors])
         anchor_teacher = LazyTeacher(
             len(anchor_enc),
             vocab_size(original),

@@ -61,9 +61,11 @@ class E2URecConfig:
     on (``unrated_anchors``: retained users' histories with an item they did not rate), in
     every step, the forget-only ones included; 0 leaves it out (the paper has none). Its
     answers there are how it generalises, which retraining keeps, not what it memorised. On a
-    memorising SmolLM2 whose answers already sat near Retrain's, every schedule without it moved
-    never-trained users' answers before the forget set's (answer JSD to Retrain 0.63 -> 1.24-4.00;
-    bench/results/ml1m-memorising-smollm2-bf16-heldout-seeds)."""
+    memorising SmolLM2 whose answers already sat near Retrain's (seed 2), every schedule moved
+    the forget set's answers away from Retrain's (answer JSD 0.63 -> 1.24-4.00) and never-trained
+    users' with them; at weight 1 either anchor left the first epoch where it was (1.27-1.77):
+    its gradient is zero at the start and AdamW's first steps are lr-sized whatever it adds
+    (bench/results/ml1m-memorising-smollm2-bf16-heldout-seeds). An option, not yet a remedy."""
     anchor_from: Literal["unrated", "later"] = "unrated"
     """Where the anchor term's prompts come from. "unrated": ``unrated_anchors``, which any
     deployment can draw. "later": ``later_anchors``, retained users' validation-period samples
