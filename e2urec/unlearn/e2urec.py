@@ -315,21 +315,25 @@ def e2urec_unlearn(
             with student.disable_adapter():  # the original is the student without its adapter
                 return narrow(answer_logits(student, batch))
 
-        def original_logits(idx: list[int]) -> torch.Tensor:
-            return frozen_logits(collate(fmt, [retain_enc[i] for i in idx]).to(device))
+        def original_on(encoded: list[list[int]]) -> Callable[[list[int]], torch.Tensor]:
+            """The original's answer logits on rows of ``encoded``: a LazyTeacher's compute."""
+            return lambda idx: frozen_logits(collate(fmt, [encoded[i] for i in idx]).to(device))
 
         retain_teacher = LazyTeacher(
-            len(task.retain), vocab_size(original), original_logits, student, cfg.cache_teachers
+            len(task.retain),
+            vocab_size(original),
+            original_on(retain_enc),
+            student,
+            cfg.cache_teachers,
         )
         # Cycled by index where fewer could be drawn than forget samples (a short validation
         # period, a catalogue a user rated nearly all of).
         anchors = anchor_samples(task, cfg, monitor.valid)
-        anchor_on = bool(anchors)
         anchor_enc = encode_prompts(tok, fmt, [catalog.prompt(s) for s in anchors])
         anchor_teacher = LazyTeacher(
             len(anchor_enc),
             vocab_size(original),
-            lambda idx: frozen_logits(collate(fmt, [anchor_enc[i] for i in idx]).to(device)),
+            original_on(anchor_enc),
             student,
             cfg.cache_teachers,
         )
@@ -347,7 +351,7 @@ def e2urec_unlearn(
                 forced = forced_logits(orig_logits, aug_logits, alpha, centre)
                 teacher_f = torch.log_softmax(forced, -1)
             yield forget_term(cfg.remember_weight, teacher_f, student_f, ridx is not None)
-            if anchor_on:  # the original's answers where it only generalises: held in every step
+            if anchor_enc:  # the original's answers where it only generalises: held in every step
                 aidx = [i % len(anchor_enc) for i in idx]
                 ab = collate(fmt, [anchor_enc[i] for i in aidx]).to(device)
                 held = soft_cross_entropy(

@@ -57,15 +57,15 @@ class E2URecConfig:
     first step: held-out LogLoss 0.709 -> 0.571; bench/results/ml1m-memorising-smollm2-bf16-
     answer-jsd)."""
     anchor_weight: float = 0.0
-    """Weight of a third term, ``KL(orig || student)`` on prompts the original never trained
-    on (``unrated_anchors``: retained users' histories with an item they did not rate), in
-    every step, the forget-only ones included; 0 leaves it out (the paper has none). Its
-    answers there are how it generalises, which retraining keeps, not what it memorised. On a
-    memorising SmolLM2 whose answers already sat near Retrain's (seed 2), every schedule moved
-    the forget set's answers away from Retrain's (answer JSD 0.63 -> 1.24-4.00) and never-trained
-    users' with them; at weight 1 either anchor left the first epoch where it was (1.27-1.77):
-    its gradient is zero at the start and AdamW's first steps are lr-sized whatever it adds
-    (bench/results/ml1m-memorising-smollm2-bf16-heldout-seeds). An option, not yet a remedy."""
+    """Weight of a third term, ``KL(orig || student)`` on prompts the original never trained on
+    (``anchor_from`` says which), in every step, the forget-only ones included; 0 leaves it out
+    (the paper has none). Its answers there are how it generalises, which retraining keeps, not
+    what it memorised. On a memorising SmolLM2 whose answers already sat near Retrain's (seed
+    2), every schedule moved the forget set's answers away from Retrain's (answer JSD 0.63 ->
+    1.24-4.00) and never-trained users' with them; at weight 1 either anchor left the first
+    epoch where it was (1.27-1.77): its gradient is zero at the start and AdamW's first steps
+    are lr-sized whatever it adds (bench/results/ml1m-memorising-smollm2-bf16-heldout-seeds). An
+    option, not yet a remedy."""
     anchor_from: Literal["unrated", "later"] = "unrated"
     """Where the anchor term's prompts come from. "unrated": ``unrated_anchors``, which any
     deployment can draw. "later": ``later_anchors``, retained users' validation-period samples
