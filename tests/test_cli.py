@@ -282,6 +282,10 @@ def test_a_kept_original_and_retrain_are_reused_and_only_under_their_own_setting
     assert {"answer_jsd", "answer_mass", "heldout_answer_jsd"} <= rows[0]["neggrad"].keys()
     assert rows[0]["original"]["answer_jsd"] > 0 and rows[0]["retrain"]["answer_jsd"] == 0
     assert "| answer JSD |" in (tmp_path / "a" / "table.md").read_text()
+    # the sizes every forgetting figure reads, and the table's word on the smaller half
+    sizes = rows[0]["original"]["samples"]
+    assert sizes["forget"] > 0 and sizes["heldout"] > 0 and sizes["check"] > 0
+    assert "Never-trained samples in the smaller half" in table_b
     # other data: refused before anything trains, and the kept models are left as they were
     other = [*run, "--samples", "300", "--methods", "neggrad", "--out", str(tmp_path / "c")]
     refused = CliRunner().invoke(table, other)
@@ -329,3 +333,22 @@ def test_the_table_reports_the_student_with_retrain_as_its_teacher(tmp_path: Pat
     assert "| -1.966 |" in check and check.endswith("| yes |"), check
     assert f"| {ORACLE} |" in text and f"| {ORACLE}: its forgetting teacher | 77.3 |" in text
     assert "E2URec: MIA gap closed" not in text  # no plain E2URec row to judge
+
+
+def test_the_table_says_when_the_held_out_halves_are_too_small_to_judge(tmp_path: Path):
+    """Seed 2 of the memorising SmolLM2 table judged every student on 8 never-trained samples a
+    half: the table must say so beside the Original's MIA, not leave it to a later stop."""
+    from bench.paper_table import MIN_HALF, write_table
+
+    committed = Path(__file__).parent.parent / "bench/results"
+    folder = committed / "ml1m-memorising-smollm2-bf16-heldout-seeds/seed2-anchor-unrated-original"
+    rows = json.loads((folder / "results.json").read_text())["results"]["2"]
+
+    def verdict(heldout: int, check: int) -> str:
+        rows["original"]["samples"] = {"forget": 149, "heldout": heldout, "check": check}
+        text = write_table({2: rows}, tmp_path, "python -m bench.paper_table ...")
+        return next(line for line in text.splitlines() if "Never-trained samples" in line)
+
+    assert verdict(8, 8).endswith("| NO |")
+    assert verdict(MIN_HALF + 5, MIN_HALF - 1).endswith("| NO |")  # the smaller half decides
+    assert verdict(MIN_HALF, MIN_HALF + 3).endswith("| yes |")
