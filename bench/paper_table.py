@@ -473,7 +473,7 @@ def write_table(results: dict[int, dict[str, dict]], out: Path, command: str) ->
             f"{cell(rows, 'seconds', 1.0)} | "
             f"{rows[0]['trainable_parameters']:.2e} |"
         )
-    lines += ["", *two_retrains(results)]
+    lines += ["", *two_retrains(results), "", *confidences(results)]
     lines += ["", *forgetting_checks(results), "", *claims(results), "", *forgetting(results)]
     seeds = ", ".join(map(str, results))
     device = "CUDA " + torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
@@ -523,6 +523,28 @@ def two_retrains(results: dict[int, dict[str, dict]]) -> list[str]:
                 f"| {name} | {seed} | {pair[0]:.2f} | {pair[1]:.2f} | {sum(pair) / 2:.2f} | "
                 f"{100 * one['heldout_answer_jsd']:.2f} | {100 * two['heldout_answer_jsd']:.2f} |"
             )
+    return out
+
+
+CONFIDENCE_KEYS = ("test_confidence", "forget_confidence", "heldout_confidence")
+
+
+def confidences(results: dict[int, dict[str, dict]]) -> list[str]:
+    """How sure each model's answers are on each set: a method whose forget loss rose while its
+    held-out loss fell, both towards ln 2, may only have flattened every prediction."""
+    rs = list(results.values())
+    if not all(k in r["original"] for r in rs for k in CONFIDENCE_KEYS):
+        return []  # results from before the confidence was recorded
+    out = [
+        "Confidence, mean |2 P(like) - 1| (x100; 0 = every answer a coin toss), mean over seeds:",
+        "",
+        "| model | test | forget | held-out |",
+        "|---|---|---|---|",
+    ]
+    for name in ORDER:
+        if all(name in r and CONFIDENCE_KEYS[0] in r[name] for r in rs):
+            cells = [statistics.mean(100 * r[name][k] for r in rs) for k in CONFIDENCE_KEYS]
+            out.append(f"| {name} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
     return out
 
 
@@ -637,6 +659,23 @@ def forgetting_checks(results: dict[int, dict[str, dict]]) -> list[str]:
             ],
             lambda v: v < 0,
             "+.3f",
+            each=True,
+        )
+    if all("heldout_confidence" in r[m] for r in rs for m in ("original", "retrain", "e2urec")):
+        # Forgetting makes the forget set look never-trained; it does not make never-trained
+        # users a coin toss. The bar is half the confidence of the less sure of the Original
+        # and Retrain on those users: below it, the method made everyone unsure, which
+        # neither doing nothing nor retraining does.
+        row(
+            "E2URec confidence on never-trained samples / the lower of Original's and "
+            "Retrain's (>= 0.5 on every seed: it did not flatten everyone)",
+            [
+                r["e2urec"]["heldout_confidence"]
+                / min(r["original"]["heldout_confidence"], r["retrain"]["heldout_confidence"])
+                for r in rs
+            ],
+            lambda v: v >= 0.5,
+            ".2f",
             each=True,
         )
     row(

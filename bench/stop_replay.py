@@ -29,6 +29,8 @@ SHOWN = {  # history key -> column
     "bench_mia_auc": "attack MIA",
     "bench_forget_logloss": "attack forget LL",
     "bench_heldout_logloss": "attack held-out LL",
+    "bench_forget_confidence": "forget conf.",
+    "bench_heldout_confidence": "held-out conf.",
     "bench_retrain_answer_jsd": "JSD Retrain",
     "bench_twin_answer_jsd": "JSD 2nd Retrain",
 }

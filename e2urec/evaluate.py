@@ -14,6 +14,7 @@ from e2urec.data.samples import Sample
 from e2urec.encoding import PromptFormat
 from e2urec.metrics import (
     answer_mass,
+    confidence,
     distribution_distance,
     jsd_per_sample,
     log_loss,
@@ -74,7 +75,9 @@ def evaluate(
         logp[n_test : n_test + n_forget],
         logp[n_test + n_forget :],
     )
-    metrics = utility([s.label for s in test], p_yes(test_lp), [s.user_id for s in test])
+    test_p = p_yes(test_lp)
+    metrics = utility([s.label for s in test], test_p, [s.user_id for s in test])
+    metrics["test_confidence"] = confidence(test_p)
     metrics |= attack(forget_lp, held_lp, forget, heldout, model.format)
     answer_tokens = (model.format.yes_token, model.format.no_token)
     # Read beside JSD: how much of the full-vocabulary distance can lie off the two answers
@@ -92,15 +95,21 @@ def attack(
     fmt: PromptFormat,
 ) -> dict[str, float]:
     """What an attacker sees: the loss-threshold attack's AUC separating ``forget`` (members)
-    from ``heldout``, and both sets' LogLoss (the held-out one beside it, so that a model that
-    got worse everywhere is not read as forgetting)."""
+    from ``heldout``, both sets' LogLoss (the held-out one beside it, so that a model that got
+    worse everywhere is not read as forgetting) and both sets' confidence (so that one that only
+    grew unsure everywhere is not either)."""
     member_labels, nonmember_labels = [s.label for s in forget], [s.label for s in heldout]
-    member = sample_log_loss(member_labels, yes_probability(forget_lp, fmt).tolist())
-    nonmember = sample_log_loss(nonmember_labels, yes_probability(heldout_lp, fmt).tolist())
+    member_p = yes_probability(forget_lp, fmt).tolist()
+    nonmember_p = yes_probability(heldout_lp, fmt).tolist()
+    member = sample_log_loss(member_labels, member_p)
+    nonmember = sample_log_loss(nonmember_labels, nonmember_p)
     return {
         "mia_auc": mia_auc(member, nonmember, member_labels, nonmember_labels),
         "forget_logloss": float(member.mean()),
         "heldout_logloss": float(nonmember.mean()),
+        # how sure the answers are: a model that only flattened moves both losses towards ln 2
+        "forget_confidence": confidence(member_p),
+        "heldout_confidence": confidence(nonmember_p),
     }
 
 

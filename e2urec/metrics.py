@@ -118,6 +118,16 @@ def answer_mass(logp, answer_tokens: tuple[int, int]) -> float:
     return float(_as_log_probs(logp)[:, list(answer_tokens)].logsumexp(-1).exp().mean())
 
 
+def confidence(p: Sequence[float]) -> float:
+    """Mean |2 P(like) - 1|: 0 when every answer is a coin toss, 1 when every one is certain.
+    Read beside the forget and held-out losses: a change that only flattens every prediction
+    raises a confident model's forget loss and lowers its held-out loss at once, which looks
+    like forgetting to a loss-threshold attack but is not."""
+    if len(p) == 0:
+        raise ValueError("confidence of no predictions")
+    return float(np.mean(np.abs(2 * np.asarray(p, dtype=float) - 1)))
+
+
 # -- membership inference ------------------------------------------------------------------
 
 

@@ -286,6 +286,12 @@ def test_a_kept_original_and_retrain_are_reused_and_only_under_their_own_setting
     sizes = rows[0]["original"]["samples"]
     assert sizes["forget"] > 0 and sizes["heldout"] > 0 and sizes["check"] > 0
     assert "Never-trained samples in the smaller half" in table_b
+    # how sure each model is, so that a method that only flattened is seen as such
+    for name in ("original", "retrain", "negkl", "e2urec"):
+        assert 0 < rows[1][name]["heldout_confidence"] <= 1 and "test_confidence" in rows[1][name]
+    assert "| e2urec |" in table_b.split("Confidence, mean")[1]
+    assert "did not flatten everyone" in table_b
+    assert all("bench_heldout_confidence" in p for p in history if "epoch" in p)
     # other data: refused before anything trains, and the kept models are left as they were
     other = [*run, "--samples", "300", "--methods", "neggrad", "--out", str(tmp_path / "c")]
     refused = CliRunner().invoke(table, other)

@@ -9,6 +9,7 @@ from e2urec.metrics import (
     accuracy,
     answer_mass,
     auc,
+    confidence,
     distribution_distance,
     jsd_per_sample,
     l2_per_sample,
@@ -192,3 +193,11 @@ def test_auc_standard_error_by_hand():
     assert auc_standard_error(0.5, 20, 170) == pytest.approx(var**0.5, rel=1e-9)
     assert auc_standard_error(0.5, 2000, 2000) < auc_standard_error(0.5, 20, 20) / 9
     assert auc_standard_error(0.7, 0, 10) == float("inf")
+
+
+def test_confidence_reads_how_far_answers_sit_from_a_coin_toss():
+    assert confidence([0.5, 0.5]) == 0.0
+    assert confidence([0.0, 1.0]) == 1.0
+    assert confidence([0.25, 0.75, 0.5, 0.5]) == pytest.approx(0.25)  # |2p - 1| is symmetric
+    with pytest.raises(ValueError, match="no predictions"):
+        confidence([])
