@@ -36,7 +36,7 @@ import typer
 
 from bench.common import command_line, name_values
 from e2urec.backbones import Backbone, load_backbone
-from e2urec.cli.unlearn import StopLevel
+from e2urec.cli.unlearn import MinConfidence, StopLevel
 from e2urec.data import Catalog, Sample, SampleConfig, Splits, load_dataset, make_splits
 from e2urec.evaluate import (
     Answers,
@@ -142,6 +142,7 @@ _NOT_TRAINING = (
     "unlearn_epochs",
     "max_auc_drop",
     "stop_level",
+    "min_confidence",
     "check_distances",
     "eval_samples",
     "methods",
@@ -352,6 +353,7 @@ def run_seed(
         eval_samples=args["check_samples"],
         max_valid_auc_drop=args["max_auc_drop"],
         level=args.get("stop_level", "own"),
+        min_confidence=float(args.get("min_confidence", 0.0)),
     )
 
     options = RunOptions(
@@ -942,6 +944,7 @@ def main(
         float, typer.Option(help="stop rule: revert when validation AUC falls more than this")
     ] = 0.02,
     stop_level: StopLevel = "own",
+    min_confidence: MinConfidence = 0.0,
     check_distances: Annotated[
         bool,
         typer.Option(
@@ -996,9 +999,9 @@ def main(
         )
     e2urec_settings = parse_e2urec_settings(e2urec_setting or [])
     try:  # before any training, like the methods
-        StopRule(level=stop_level)
+        StopRule(level=stop_level, min_confidence=min_confidence)
     except ValueError as e:
-        raise typer.BadParameter(str(e), param_hint="--stop-level") from None
+        raise typer.BadParameter(str(e), param_hint="--stop-level/--min-confidence") from None
     if backbone in SCRATCH_PRESETS:  # the paper's schedule: at most 5 epochs at 2e-3
         epochs = 5 if epochs is None else epochs
         lr = 2e-3 if lr is None else lr
@@ -1037,6 +1040,8 @@ def main(
         args["e2urec_settings"] = e2urec_settings
     if stop_level != "own":  # the same
         args["stop_level"] = stop_level
+    if min_confidence:  # the same
+        args["min_confidence"] = min_confidence
     if check_distances:
         args["check_distances"] = True
     check_kept_models(keep_models, seeds, args)

@@ -26,6 +26,7 @@ SHOWN = {  # history key -> column
     "forget_loss": "forget",
     "heldout_loss": "held-out",
     "mia_auc": "check MIA",
+    "heldout_confidence": "check held-out conf.",
     "bench_mia_auc": "attack MIA",
     "bench_forget_logloss": "attack forget LL",
     "bench_heldout_logloss": "attack held-out LL",
@@ -39,7 +40,9 @@ app = typer.Typer(add_completion=False)
 
 
 def _check(point: dict) -> Check:
-    return Check(point["forget_loss"], point["heldout_loss"], point["valid_auc"])
+    sure = point.get("heldout_confidence", float("nan"))  # absent before stop 47's runs
+    loss = (point["forget_loss"], point["heldout_loss"], point["valid_auc"])
+    return Check(*loss, heldout_confidence=sure)
 
 
 def checks(history: list[dict]) -> list[dict]:
@@ -48,20 +51,26 @@ def checks(history: list[dict]) -> list[dict]:
     return [p for p in history if "epoch" in p]
 
 
-def kept(history: list[dict], level: str) -> int:
+def kept(history: list[dict], level: str, min_confidence: float = 0.0) -> int:
     """The index in ``history`` (its checks, the untouched model first) that keep_best keeps
-    under ``level``: the first of the nearest, as the loop keeps it."""
+    under ``level`` (and the flattening guard, where the checks recorded their confidence):
+    the first of the nearest, as the loop keeps it."""
     made = checks(history)
-    rule, reference = StopRule(level=level), _check(made[0])
+    rule = StopRule(level=level, min_confidence=min_confidence)
+    reference = _check(made[0])
     distances = [rule.distance(_check(p), reference) for p in made]
     return distances.index(min(distances))
 
 
-def replay(history: list[dict]) -> str:
-    """A markdown table of the checks, each level's kept one marked."""
+def replay(history: list[dict], min_confidence: float = 0.0) -> str:
+    """A markdown table of the checks, each level's kept one marked (and, with
+    ``min_confidence``, what each keeps under the flattening guard)."""
     made = checks(history)
-    shown = [k for k in SHOWN if any(k in p for p in made)]
+    shown = [k for k in SHOWN if any(k in p and p[k] == p[k] for p in made)]  # NaN: not shown
     keeps = {level: kept(history, level) for level in LEVELS}
+    if min_confidence:
+        for level in LEVELS:
+            keeps[f"{level} + guard {min_confidence:g}"] = kept(history, level, min_confidence)
     lines = [
         "| check | " + " | ".join(SHOWN[k] for k in shown) + " | kept by |",
         "|---" * (len(shown) + 2) + "|",
@@ -79,6 +88,10 @@ def replay(history: list[dict]) -> str:
 def main(
     results: Annotated[Path, typer.Argument(help="a bench.paper_table results.json")],
     row: Annotated[str, typer.Option(help="the unlearning row whose checks to replay")] = "e2urec",
+    min_confidence: Annotated[
+        float,
+        typer.Option(help="also mark what each level keeps with the flattening guard at this"),
+    ] = 0.0,
 ):
     if not results.is_file():
         raise typer.BadParameter(f"{results} is not a file", param_hint="RESULTS")
@@ -91,7 +104,7 @@ def main(
             )
         recorded = next((p["kept"] for p in rows[row]["history"] if "kept" in p), None)
         print(f"\n## seed {seed}, {row} (x100; the run kept: {recorded and recorded['epoch']})\n")
-        print(replay(rows[row]["history"]))
+        print(replay(rows[row]["history"], min_confidence))
 
 
 if __name__ == "__main__":

@@ -545,11 +545,13 @@ def test_a_warm_started_student_begins_as_the_serving_model(trained, tmp_path):
 class _ScriptedMonitor:
     """Plays back a list of checks (a unit test of the loop's logic, not of a model)."""
 
-    def __init__(self, checks, level="own"):
+    def __init__(self, checks, level="own", min_confidence=0.0):
         from e2urec.unlearn.stopping import Monitor
 
         self.checks = list(checks)
-        self.rule = StopRule(max_epochs=4, max_valid_auc_drop=0.02, level=level)
+        self.rule = StopRule(
+            max_epochs=4, max_valid_auc_drop=0.02, level=level, min_confidence=min_confidence
+        )
         self.seen = 0
         self.decide = Monitor.decide.__get__(self)  # the real rule, on played-back checks
 
@@ -568,6 +570,7 @@ def _loop(
     reference=_FAR,
     autocast_seen: list[bool] | None = None,
     level: str = "own",
+    min_confidence: float = 0.0,
     **config,
 ):
     from e2urec.backbones import Backbone
@@ -578,7 +581,7 @@ def _loop(
     with torch.no_grad():
         model.weight.zero_()
     view = Backbone(model, None, "test", {})
-    monitor = _ScriptedMonitor((Check(*c) for c in checks), level)
+    monitor = _ScriptedMonitor((Check(*c) for c in checks), level, min_confidence)
     steps: list[bool] = []
 
     def step(idx, ridx):
@@ -655,6 +658,36 @@ def test_the_original_level_does_not_rise_with_a_model_that_grows_unsure_everywh
     assert "reached the original's held-out level 0.7619" in stopped
     assert steps == [False] * 4 + [True] * 2  # stopped at the same point: only the kept differs
     assert history[-1]["kept"]["forget_loss"] == pytest.approx(0.717)
+
+
+def test_a_check_that_flattened_everyone_is_never_kept_under_the_confidence_guard():
+    """SmolLM2 seed 3 (forget, held-out loss, held-out confidence; untouched 0.48 / 0.83 /
+    0.146): three forget-only epochs and a mixed one. The level "original" kept the first
+    check, nearest on both losses, but its answers had gone flat (confidence 0.054; Retrain's
+    0.132): both losses had moved towards ln 2. With the guard at half the untouched model's
+    confidence it keeps the third, as sure as Retrain on never-trained users."""
+    nan = float("nan")
+
+    def c(forget: float, heldout: float, sure: float) -> tuple:
+        return (forget, heldout, 0.7, nan, {}, sure)
+
+    checks = [c(0.642, 0.721, 0.054), c(0.707, 1.354, 0.598), c(0.693, 0.631, 0.132)]
+    checks.append(c(0.606, 1.098, 0.387))
+    schedule = dict(forget_only_epochs=3, checks_per_epoch=1, keep_best=True, level="original")
+    untouched = c(0.480, 0.833, 0.146)
+    _, _, plain, _ = _loop(checks, reference=untouched, **schedule)
+    assert plain[-1]["kept"]["forget_loss"] == pytest.approx(0.642)
+    stopped, steps, guarded, _ = _loop(checks, reference=untouched, min_confidence=0.5, **schedule)
+    assert steps == [False] * 6 + [True] * 2  # the guard chooses among checks; it stops nothing
+    assert guarded[-1]["kept"]["forget_loss"] == pytest.approx(0.693)
+    assert guarded[0]["heldout_confidence"] == pytest.approx(0.054)  # recorded in the history
+    # where the untouched model's confidence was not measured, the guard cannot judge: off
+    _, _, unmeasured, _ = _loop(
+        checks, reference=c(0.480, 0.833, nan), min_confidence=0.5, **schedule
+    )
+    assert unmeasured[-1]["kept"]["forget_loss"] == pytest.approx(0.642)
+    with pytest.raises(ValueError, match="fraction of the untouched"):
+        StopRule(min_confidence=1.5)
 
 
 def test_a_stop_level_that_is_not_known_is_refused_with_the_choices():

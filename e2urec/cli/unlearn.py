@@ -22,6 +22,14 @@ StopLevel = Annotated[
         "checked model's) or 'original' (the untouched model's, fixed)"
     ),
 ]
+# The same for the flattening guard (StopRule.min_confidence says why).
+MinConfidence = Annotated[
+    float,
+    typer.Option(
+        help="stop rule: never keep a check whose held-out answers are less sure than this "
+        "fraction of the untouched model's (0: off; e.g. 0.5)"
+    ),
+]
 
 
 def _parse_users(users: str | None) -> set[int] | None:
@@ -80,6 +88,7 @@ def unlearn(
         int, typer.Option(help="forget/valid samples per stop-rule check")
     ] = 1000,
     stop_level: StopLevel = "own",
+    min_confidence: MinConfidence = 0.0,
     eval_samples: Annotated[int, typer.Option(help="test samples scored before/after")] = 2000,
     seed: int = 0,
     device: Annotated[
@@ -105,9 +114,9 @@ def unlearn(
     from e2urec.unlearn import StopRule
 
     try:
-        StopRule(level=stop_level)
+        StopRule(level=stop_level, min_confidence=min_confidence)
     except ValueError as e:
-        raise typer.BadParameter(str(e), param_hint="--stop-level") from None
+        raise typer.BadParameter(str(e), param_hint="--stop-level/--min-confidence") from None
     forget_users = _parse_users(users)
     if out.exists() and not force:
         raise FileExistsError(f"{out} already exists; choose another folder or pass --force")
@@ -146,6 +155,7 @@ def unlearn(
             max_valid_auc_drop=max_auc_drop,
             eval_samples=check_samples,
             level=stop_level,
+            min_confidence=min_confidence,
         ),
         seed=seed,
         base_spec=manifest.get("backbone"),

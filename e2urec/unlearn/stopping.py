@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Literal
 from e2urec.backbones import Backbone
 from e2urec.data.prepared import Catalog
 from e2urec.data.samples import Sample
-from e2urec.metrics import auc, log_loss, mia_auc, sample_log_loss
+from e2urec.metrics import auc, confidence, log_loss, mia_auc, sample_log_loss
 from e2urec.scoring import predict_like
 
 if TYPE_CHECKING:
@@ -39,8 +39,20 @@ class StopRule:
     data (attack AUC 0.24). "original": the untouched model's, fixed, and a check is then
     judged by how far both its forget and its held-out loss sit from that level, so one that
     moved never-trained users too is not kept for it."""
+    min_confidence: float = 0.0
+    """A check whose answers on held-out users are less sure than this fraction of the
+    untouched model's (mean |2p - 1|) is never kept: it flattened everyone, which moves a
+    confident model's forget and held-out loss towards ln 2 together and reads as forgetting
+    to a loss-threshold attack, and which retraining does not do. 0 (the default) turns it off.
+    On SmolLM2 seed 3 the level "original" kept a check whose held-out confidence had fallen
+    from 0.146 to 0.054 (Retrain: 0.132)."""
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.min_confidence < 1.0:
+            raise ValueError(
+                "min_confidence is a fraction of the untouched model's held-out confidence: "
+                f"0 (off) up to below 1, e.g. 0.5; got {self.min_confidence}"
+            )
         if self.level not in ("own", "original"):
             raise ValueError(
                 f"level must be 'own' (the checked model's held-out loss) or 'original' (the "
@@ -56,10 +68,17 @@ class StopRule:
         """How far a check sits from a model that never trained on the forget set, as far as
         the checks can tell: its forget loss from the target, and (level "original") its
         held-out loss from where the untouched model had it. ``keep_best`` keeps the nearest."""
+        if self.flattened(check, reference):
+            return float("inf")  # never kept, however near its losses sit
         off = abs(check.forget_loss - self.target(check, reference))
         if self.level == "original":
             off += abs(check.heldout_loss - reference.heldout_loss)
         return off
+
+    def flattened(self, check: Check, reference: Check) -> bool:
+        """Whether the check's held-out answers fell below ``min_confidence`` of the untouched
+        model's (False when either was not measured)."""
+        return check.heldout_confidence < self.min_confidence * reference.heldout_confidence
 
 
 @dataclass
@@ -71,6 +90,8 @@ class Check:
     # attacker sees; NaN when there is no held-out set of the same period to compare with).
     mia_auc: float = float("nan")
     observed: dict[str, float] = field(default_factory=dict)  # what an Observer saw
+    # How sure the answers on the held-out subsample are, mean |2p - 1| (StopRule.min_confidence)
+    heldout_confidence: float = float("nan")
 
     @property
     def gap(self) -> float:
@@ -84,6 +105,7 @@ class Check:
             "heldout_loss": self.heldout_loss,
             "valid_auc": self.valid_auc,
             "mia_auc": self.mia_auc,
+            "heldout_confidence": self.heldout_confidence,
             **self.observed,
         }
 
@@ -148,10 +170,11 @@ class Monitor:
         member = self._losses(backbone, self.forget_prompts, self.forget_labels)
         pv = predict_like(backbone, self.valid_prompts, batch_size=self.batch_size)
         labels_v = [s.label for s in self.valid]
-        level, mia = log_loss(labels_v, pv), float("nan")
+        level, mia, sure = log_loss(labels_v, pv), float("nan"), confidence(pv)
         if self.heldout:
-            nonmember = self._losses(backbone, self.heldout_prompts, self.heldout_labels)
-            level = float(nonmember.mean())
+            ph = predict_like(backbone, self.heldout_prompts, batch_size=self.batch_size)
+            nonmember = sample_log_loss(self.heldout_labels, ph)
+            level, sure = float(nonmember.mean()), confidence(ph)
             mia = mia_auc(member, nonmember, self.forget_labels, self.heldout_labels)
         self.seconds += time.perf_counter() - started
         observed = {}
@@ -159,7 +182,7 @@ class Monitor:
             started = time.perf_counter()
             observed = self.observer(backbone)
             self.observed_seconds += time.perf_counter() - started
-        return Check(float(member.mean()), level, auc(labels_v, pv), mia, observed)
+        return Check(float(member.mean()), level, auc(labels_v, pv), mia, observed, sure)
 
     def forget_loss(self, backbone: Backbone) -> float:
         """The loss on the forget subsample alone (how well a model remembers the forget set)."""
