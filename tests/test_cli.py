@@ -202,6 +202,9 @@ def test_the_benchmark_takes_its_methods_from_the_same_registry():
         assert result.exit_code == 2 and says in result.output, result.output
     result = CliRunner().invoke(table, ["--out", "/nonexistent/x", "--stop-level", "retrain"])
     assert result.exit_code == 2 and "'own'" in result.output, result.output
+    result = CliRunner().invoke(table, ["--out", "/nonexistent/x", "--min-confidence", "2"])
+    said = " ".join(result.output.replace("│", " ").split())  # rich boxes and wraps it
+    assert result.exit_code == 2 and "e.g. 0.5" in said, result.output
 
 
 def test_a_stopped_benchmark_run_is_tabulated_from_its_partial_rows(tmp_path: Path):

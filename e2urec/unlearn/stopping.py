@@ -44,8 +44,8 @@ class StopRule:
     untouched model's (mean |2p - 1|) is never kept: it flattened everyone, which moves a
     confident model's forget and held-out loss towards ln 2 together and reads as forgetting
     to a loss-threshold attack, and which retraining does not do. 0 (the default) turns it off.
-    On SmolLM2 seed 3 the level "original" kept a check whose held-out confidence had fallen
-    from 0.146 to 0.054 (Retrain: 0.132)."""
+    On SmolLM2 seed 3 the level "original" kept a check whose confidence on never-trained
+    users had fallen from 0.146 to 0.054 (Retrain: 0.132); at 0.5 the guard declined it."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_confidence < 1.0:
