@@ -170,11 +170,12 @@ class Monitor:
         member = self._losses(backbone, self.forget_prompts, self.forget_labels)
         pv = predict_like(backbone, self.valid_prompts, batch_size=self.batch_size)
         labels_v = [s.label for s in self.valid]
-        level, mia, sure = log_loss(labels_v, pv), float("nan"), confidence(pv)
+        # the held-out answers: the level and the confidence are read off them (valid's without)
+        level, mia, held = log_loss(labels_v, pv), float("nan"), pv
         if self.heldout:
-            ph = predict_like(backbone, self.heldout_prompts, batch_size=self.batch_size)
-            nonmember = sample_log_loss(self.heldout_labels, ph)
-            level, sure = float(nonmember.mean()), confidence(ph)
+            held = predict_like(backbone, self.heldout_prompts, batch_size=self.batch_size)
+            nonmember = sample_log_loss(self.heldout_labels, held)
+            level = float(nonmember.mean())
             mia = mia_auc(member, nonmember, self.forget_labels, self.heldout_labels)
         self.seconds += time.perf_counter() - started
         observed = {}
@@ -182,6 +183,7 @@ class Monitor:
             started = time.perf_counter()
             observed = self.observer(backbone)
             self.observed_seconds += time.perf_counter() - started
+        sure = confidence(held)
         return Check(float(member.mean()), level, auc(labels_v, pv), mia, observed, sure)
 
     def forget_loss(self, backbone: Backbone) -> float:
